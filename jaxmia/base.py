@@ -1,0 +1,29 @@
+"""Type aliases and the unit types every family of the library shares."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+
+Params = Any  # A pytree of arrays: the trainable parameters.
+Masks = Any  # Same tree as Params, {0., 1.} leaves; all ones when unpruned.
+ModelState = Any  # Non-trainable state (BatchNorm running statistics); may be an empty dict.
+
+
+class Model(NamedTuple):
+    """A model as pure functions of a params pytree.
+
+    Attributes:
+      init: ``init(key) -> (params, state)``.
+      apply: ``apply(params, state, x, *, train, key=None) -> (logits, new_state)``. ``key`` drives
+        dropout when ``train`` is true; ``new_state`` holds updated BatchNorm statistics in training
+        and equals ``state`` otherwise.
+      name: registry name of the architecture.
+      has_batchnorm: whether ``state`` carries BatchNorm statistics (DP training refuses these).
+    """
+
+    init: Callable[[jax.Array], tuple[Params, ModelState]]
+    apply: Callable[..., tuple[jax.Array, ModelState]]
+    name: str
+    has_batchnorm: bool

@@ -1,0 +1,39 @@
+"""Dataset registry: ``load(name, data_dir)`` returns a :class:`Dataset` pool."""
+
+from __future__ import annotations
+
+import functools
+
+from jaxmia.data import images, tabular
+from jaxmia.data.base import DATA_DIR_ENV, Dataset, resolve_data_dir  # noqa: F401
+from jaxmia.data.splits import Split, mia_prune_splits  # noqa: F401
+from jaxmia.errors import UserError
+
+REGISTRY = {
+    "digits": images.load_digits,
+    "location": tabular.load_location,
+    "purchase100": tabular.load_purchase100,
+    "texas100": tabular.load_texas100,
+    "cifar10": images.load_cifar10,
+    "fashion_mnist": images.load_fashion_mnist,
+    "cifar100": functools.partial(images.load_tfds, "cifar100"),
+    "svhn": functools.partial(images.load_tfds, "svhn"),
+    "chmnist": functools.partial(images.load_tfds, "chmnist"),
+}
+TABULAR = ("location", "purchase100", "texas100")
+
+
+def check_name(name: str) -> None:
+    if name not in REGISTRY:
+        raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(REGISTRY)}")
+
+
+def load(name: str, data_dir: str | None = None) -> Dataset:
+    """Loads dataset ``name`` from ``data_dir`` (or ``$JAXMIA_DATA_DIR``).
+
+    Raises:
+      UserError: unknown name, or a missing or corrupt file (one line: which file, where it was
+        looked for, where to get it).
+    """
+    check_name(name)
+    return REGISTRY[name](resolve_data_dir(data_dir))

@@ -1,0 +1,55 @@
+"""Shared Flax building blocks: the norm-layer switch, initializers, and a fast max-pool."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxmia.errors import UserError
+
+NORMS = ("batch", "group", "none")
+# mia_prune's ``weight_init``: xavier_normal on conv/linear weights, zero biases.
+kernel_init = nn.initializers.xavier_normal()
+
+
+def check_norm(norm: str) -> None:
+    if norm not in NORMS:
+        raise UserError(f"unknown norm layer '{norm}'; choose one of {', '.join(NORMS)}")
+
+
+class Norm(nn.Module):
+    """BatchNorm (PyTorch defaults: momentum 0.1, eps 1e-5), GroupNorm, or identity.
+
+    BatchNorm statistics couple the examples of a batch, so DP training refuses BatchNorm models;
+    GroupNorm (32 groups, fewer when channels are few) is the drop-in replacement Opacus uses.
+    """
+
+    kind: str = "batch"
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        if self.kind == "batch":
+            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                name="BatchNorm")(x)
+        if self.kind == "group":
+            channels = x.shape[-1]
+            groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+            return nn.GroupNorm(num_groups=groups, epsilon=1e-5, name="GroupNorm")(x)
+        return x
+
+
+def conv(features, kernel=3, stride=1, bias=False, name=None):
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=kernel // 2,
+                   use_bias=bias, kernel_init=kernel_init, name=name)
+
+
+def dense(features, name=None):
+    return nn.Dense(features, kernel_init=kernel_init, name=name)
+
+
+def max_pool_2x2(x):
+    """2x2 stride-2 max-pool as reshape-and-max (its backward is ~5x faster on CPU than
+    ``nn.max_pool``'s). Odd trailing rows/columns are dropped, as PyTorch's MaxPool2d(2) does."""
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))

@@ -1,0 +1,28 @@
+"""mia_prune's tabular "ColumnFC": in -> 256 -> 128 -> classes, ReLU, dropout after each hidden layer."""
+
+from __future__ import annotations
+
+from flax import linen as nn
+
+from jaxmia.base import Model
+from jaxmia.models import layers
+from jaxmia.models.wrap import from_linen
+
+
+class MLP(nn.Module):
+    num_classes: int
+    hidden: tuple[int, ...] = (256, 128)
+    dropout: float = 0.1
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        x = x.reshape(x.shape[0], -1)
+        for i, width in enumerate(self.hidden):
+            x = nn.relu(layers.dense(width, name=f"Dense_{i}")(x))
+            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return layers.dense(self.num_classes, name=f"Dense_{len(self.hidden)}")(x)
+
+
+def make(num_classes: int, input_shape, norm: str = "none", dropout: float = 0.1) -> Model:
+    del norm  # Unused: the MLP has no norm layers.
+    return from_linen(MLP(num_classes, dropout=dropout), input_shape, "mlp")

@@ -1,0 +1,370 @@
+"""The training loop, written once: an ensemble of K models trained together.
+
+Every model of an audit (target and shadows) is one slice of a params pytree with a leading model
+axis. One jitted call runs a whole epoch for all K models: ``vmap`` over the model axis of a
+``lax.scan`` over batches of the single-model ``train_step``. Each model has its own data subset
+(an index matrix padded to a fixed shape plus a count, so no recompiles), its own random key and
+its own early-stopping state. A single model is the K = 1 case of the same code, which is what
+makes "K together == each alone" an exact property (tested).
+
+Defaults are mia_prune's: Adam, lr 1e-3, weight decay 5e-4 (PyTorch-style L2 added to the
+gradient), batch 128, early stopping on dev accuracy (stop once more than ``patience`` = 5
+consecutive epochs fail to improve; keep the best parameters). Orbax checkpoints every
+``checkpoint_every`` epochs make a killed run resume to the same result.
+
+Sharp edge: the last batch of an epoch is padded to the fixed batch size; padded rows carry zero
+loss weight, but BatchNorm's batch statistics in that one step still see them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from jaxmia import pruning
+from jaxmia.base import Masks, Model, ModelState, Params
+from jaxmia.errors import UserError
+
+Regularizer = Callable[[Params], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one training stage (pretraining or fine-tuning)."""
+
+    epochs: int = 50
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    optimizer: str = "adam"  # 'adam' or 'sgd' (momentum 0.9)
+    patience: int | None = 5  # None: no early stopping (the best-on-dev params are still kept).
+    checkpoint_every: int = 1  # epochs between orbax checkpoints (when a directory is given).
+    eval_batch_size: int = 1024
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    """PyTorch ``Adam(weight_decay=wd)`` / ``SGD(momentum=.9, weight_decay=wd)`` semantics."""
+    if cfg.optimizer == "adam":
+        base = optax.adam(cfg.lr)
+    elif cfg.optimizer == "sgd":
+        base = optax.sgd(cfg.lr, momentum=0.9)
+    else:
+        raise UserError(f"unknown optimizer '{cfg.optimizer}'; choose adam or sgd")
+    return optax.chain(optax.add_decayed_weights(cfg.weight_decay), base)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """One model's training state (leaves get a leading model axis in an ensemble)."""
+
+    step: jax.Array
+    params: Params
+    masks: Masks
+    model_state: ModelState
+    opt_state: optax.OptState
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class EarlyStopState:
+    """Per-model early stopping: the best params on dev and the count of epochs without gain."""
+
+    best_acc: jax.Array
+    best_epoch: jax.Array
+    best_params: Params
+    best_model_state: ModelState
+    bad_epochs: jax.Array
+    done: jax.Array
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class EnsembleData:
+    """The pool on device plus per-model index matrices (padded) and counts."""
+
+    x: jax.Array
+    y: jax.Array
+    train_idx: jax.Array  # int32 [K, n_max]
+    train_n: jax.Array  # int32 [K]
+    dev_idx: jax.Array  # int32 [K, d_max]
+    dev_n: jax.Array  # int32 [K]
+
+    @property
+    def num_models(self) -> int:
+        return int(self.train_idx.shape[0])
+
+
+def pad_indices(index_lists) -> tuple[np.ndarray, np.ndarray]:
+    """Stacks index arrays of different lengths into ``[K, max]`` (padded with 0) and counts."""
+    n = np.asarray([len(a) for a in index_lists], np.int32)
+    out = np.zeros((len(index_lists), max(int(n.max()), 1)), np.int32)
+    for k, a in enumerate(index_lists):
+        out[k, : len(a)] = a
+    return out, n
+
+
+def make_ensemble_data(x, y, train_lists, dev_lists) -> EnsembleData:
+    train_idx, train_n = pad_indices(train_lists)
+    dev_idx, dev_n = pad_indices(dev_lists)
+    return EnsembleData(jnp.asarray(x), jnp.asarray(y, jnp.int32), jnp.asarray(train_idx),
+                        jnp.asarray(train_n), jnp.asarray(dev_idx), jnp.asarray(dev_n))
+
+
+def _select(pred, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
+
+
+def make_train_step(model: Model, tx: optax.GradientTransformation,
+                    regularizer: Regularizer | None = None):
+    """Returns the pure single-model ``step(state, x, y, weight, key) -> (state, metrics)``.
+
+    ``weight`` is 1 for real rows and 0 for padding; the loss is the weighted mean cross-entropy
+    (plus ``regularizer(params)``). A batch with no real rows leaves the state unchanged. Updated
+    params are multiplied by the masks, so pruned weights stay exactly zero.
+    """
+
+    def loss_fn(params, state, x, y, weight, key):
+        logits, new_model_state = model.apply(pruning.apply_masks(params, state.masks),
+                                              state.model_state, x, train=True, key=key)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        loss = jnp.sum(weight * ce) / jnp.maximum(jnp.sum(weight), 1.0)
+        if regularizer is not None:
+            loss = loss + regularizer(params)
+        correct = jnp.sum(weight * (jnp.argmax(logits, -1) == y))
+        return loss, (new_model_state, correct)
+
+    def step(state: TrainState, x, y, weight, key):
+        (loss, (model_state, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state, x, y, weight, key)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = pruning.apply_masks(optax.apply_updates(state.params, updates), state.masks)
+        new = TrainState(step=state.step + 1, params=params, masks=state.masks,
+                         model_state=model_state, opt_state=opt_state)
+        active = jnp.sum(weight) > 0
+        n = jnp.sum(weight)
+        return _select(active, new, state), {"loss_sum": loss * n, "correct": correct, "n": n}
+
+    return step
+
+
+def _epoch_order(key, n_valid, n_max):
+    """A random order of positions with the ``n_valid`` real ones first."""
+    priority = jax.random.uniform(key, (n_max,))
+    priority = jnp.where(jnp.arange(n_max) < n_valid, priority, 2.0)
+    return jnp.argsort(priority)
+
+
+def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | None = None):
+    """Returns the jitted ensemble epoch ``(states, es, data, keys) -> (states, metrics)``."""
+    step = make_train_step(model, tx, regularizer)
+
+    def one_model(state, done, idx, n, x_all, y_all, key):
+        n_max = idx.shape[0]
+        num_batches = -(-n_max // batch_size)
+        order_key, step_key = jax.random.split(key)
+        order = _epoch_order(order_key, n, n_max)
+        order = jnp.pad(order, (0, num_batches * batch_size - n_max), constant_values=n_max)
+        valid = (order < n) & ~done  # A stopped model takes no more steps.
+        pos = jnp.minimum(order, n_max - 1)
+
+        def body(state, j):
+            sl = jax.lax.dynamic_slice_in_dim(pos, j * batch_size, batch_size)
+            w = jax.lax.dynamic_slice_in_dim(valid, j * batch_size, batch_size)
+            rows = idx[sl]
+            return step(state, x_all[rows], y_all[rows], w.astype(jnp.float32),
+                        jax.random.fold_in(step_key, j))
+
+        state, metrics = jax.lax.scan(body, state, jnp.arange(num_batches))
+        return state, jax.tree.map(jnp.sum, metrics)
+
+    def epoch(states, es, data: EnsembleData, keys):
+        return jax.vmap(one_model, in_axes=(0, 0, 0, 0, None, None, 0))(
+            states, es.done, data.train_idx, data.train_n, data.x, data.y, keys)
+
+    return jax.jit(epoch)
+
+
+def predict_logits(model: Model, params, model_state, masks, x_all, idx, chunk: int = 1024):
+    """Eval-mode logits of every model on its own rows: ``idx [K, n] -> [K, n, C]``.
+
+    Chunked over rows (``lax.map``) so large sets stay within memory; vmapped over models.
+    """
+    num_models, n = idx.shape
+    chunk = max(1, min(chunk, n))
+    num_chunks = -(-n // chunk)
+    padded = jnp.pad(idx, ((0, 0), (0, num_chunks * chunk - n)))
+    chunks = padded.reshape(num_models, num_chunks, chunk).transpose(1, 0, 2)
+
+    def one(p, s, m, rows):
+        return model.apply(pruning.apply_masks(p, m), s, x_all[rows], train=False)[0]
+
+    logits = jax.lax.map(lambda c: jax.vmap(one)(params, model_state, masks, c), chunks)
+    return logits.transpose(1, 0, 2, 3).reshape(num_models, num_chunks * chunk, -1)[:, :n]
+
+
+def accuracy(logits, y, n):
+    """Per-model accuracy over the first ``n[k]`` rows: logits [K, m, C], y [K, m]."""
+    valid = jnp.arange(y.shape[1])[None, :] < n[:, None]
+    correct = (jnp.argmax(logits, -1) == y) & valid
+    return correct.sum(1) / jnp.maximum(n, 1)
+
+
+def _early_stop_update(es: EarlyStopState, states: TrainState, dev_acc, epoch, patience):
+    improved = (dev_acc > es.best_acc) & ~es.done
+    bad = jnp.where(improved, 0, es.bad_epochs + jnp.where(es.done, 0, 1))
+    done = es.done | ((bad > patience) if patience is not None else False)
+    return EarlyStopState(
+        best_acc=jnp.where(improved, dev_acc, es.best_acc),
+        best_epoch=jnp.where(improved, epoch, es.best_epoch),
+        best_params=_select_models(improved, states.params, es.best_params),
+        best_model_state=_select_models(improved, states.model_state, es.best_model_state),
+        bad_epochs=bad, done=done)
+
+
+def _select_models(pred, new, old):
+    """Per-model select: ``pred`` [K] broadcast against leaves [K, ...]."""
+    return jax.tree.map(lambda a, b: jnp.where(pred.reshape((-1,) + (1,) * (a.ndim - 1)), a, b),
+                        new, old)
+
+
+@dataclasses.dataclass(frozen=True)
+class FitResult:
+    params: Params  # best-on-dev params, leading model axis
+    model_state: ModelState
+    masks: Masks
+    best_epoch: np.ndarray
+    best_dev_acc: np.ndarray
+    epochs_run: int
+
+
+class Checkpointer:
+    """Orbax checkpoints of one training stage; ``restore`` returns None when there are none."""
+
+    def __init__(self, directory: str | None, every: int):
+        self.manager = None
+        if directory is not None:
+            import orbax.checkpoint as ocp
+
+            self._ocp = ocp
+            self.manager = ocp.CheckpointManager(
+                os.path.abspath(directory),
+                options=ocp.CheckpointManagerOptions(max_to_keep=1, save_interval_steps=every,
+                                                     enable_async_checkpointing=False))
+
+    def restore(self, target):
+        if self.manager is None or self.manager.latest_step() is None:
+            return None
+        step = self.manager.latest_step()
+        try:
+            return self.manager.restore(step, args=self._ocp.args.StandardRestore(target))
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"the checkpoint in {self.manager.directory} does not fit this run "
+                            f"(model or data differ: {str(e).splitlines()[0][:120]}); pass a "
+                            "fresh --workdir or delete that folder") from None
+
+    def save(self, epoch: int, tree, force: bool = False):
+        if self.manager is not None and self.manager.latest_step() != epoch:
+            self.manager.save(epoch, args=self._ocp.args.StandardSave(tree), force=force)
+            self.manager.wait_until_finished()
+
+    def close(self):
+        if self.manager is not None:
+            self.manager.close()
+
+
+def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
+        data: EnsembleData, cfg: TrainConfig, keys: jax.Array, *,
+        regularizer: Regularizer | None = None, checkpoint_dir: str | None = None,
+        metrics_path: str | None = None, stage: str = "train",
+        stop_after: int | None = None) -> FitResult:
+    """Trains an ensemble (leading model axis on params, model_state, masks and keys).
+
+    Args:
+      model: the architecture.
+      params, model_state, masks: initial values, each with a leading model axis K.
+      data: the pool and per-model train/dev index matrices.
+      cfg: hyper-parameters; a fresh optimizer is made from it.
+      keys: typed PRNG keys ``[K]``; epoch ``e`` of model ``k`` uses ``fold_in(keys[k], e)``.
+      regularizer: optional extra loss term of the params (e.g. ``pruning.slim_penalty``).
+      checkpoint_dir: orbax directory for this stage; training resumes from its latest epoch.
+      metrics_path: JSONL file; one line per epoch.
+      stage: name written in metrics lines and the progress bar.
+      stop_after: stop (as if killed) after this many epochs of this call; for resume tests.
+
+    Returns:
+      FitResult with each model's best-on-dev params.
+    """
+    tx = make_optimizer(cfg)
+    states = TrainState(step=jnp.zeros((data.num_models,), jnp.int32), params=params, masks=masks,
+                        model_state=model_state, opt_state=jax.vmap(tx.init)(params))
+    es = EarlyStopState(
+        best_acc=jnp.full((data.num_models,), -1.0), best_epoch=jnp.full((data.num_models,), -1),
+        best_params=params, best_model_state=model_state,
+        bad_epochs=jnp.zeros((data.num_models,), jnp.int32),
+        done=jnp.zeros((data.num_models,), bool))
+    ckpt = Checkpointer(checkpoint_dir, cfg.checkpoint_every)
+    start = 0
+    restored = ckpt.restore({"states": states, "es": es, "epoch": np.int32(0)})
+    if restored is not None:
+        states, es, start = restored["states"], restored["es"], int(restored["epoch"])
+
+    epoch_fn = make_epoch_fn(model, tx, cfg.batch_size, regularizer)
+
+    @jax.jit
+    def evaluate(states, es, epoch, data):
+        logits = predict_logits(model, states.params, states.model_state, states.masks, data.x,
+                                data.dev_idx, cfg.eval_batch_size)
+        dev_acc = accuracy(logits, data.y[data.dev_idx], data.dev_n)
+        return dev_acc, _early_stop_update(es, states, dev_acc, epoch, cfg.patience)
+
+    bar = tqdm(range(start, cfg.epochs), desc=stage, file=sys.stderr, leave=False,
+               disable=None, initial=start, total=cfg.epochs)
+    epochs_run = start
+    for epoch in bar:
+        if bool(jnp.all(es.done)):
+            break
+        epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, epoch)
+        states, m = epoch_fn(states, es, data, epoch_keys)
+        dev_acc, es = evaluate(states, es, epoch, data)
+        epochs_run = epoch + 1
+        n = np.maximum(np.asarray(m["n"]), 1)
+        line = {"stage": stage, "epoch": epoch,
+                "train/loss": _rounded(np.asarray(m["loss_sum"]) / n),
+                "train/acc": _rounded(np.asarray(m["correct"]) / n),
+                "dev/acc": _rounded(dev_acc),
+                "stopped": np.asarray(es.done).tolist()}
+        if metrics_path:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(line) + "\n")
+        bar.set_postfix(dev_acc=f"{float(np.mean(dev_acc)):.3f}")
+        ckpt.save(epochs_run, {"states": states, "es": es, "epoch": np.int32(epochs_run)})
+        if stop_after is not None and epochs_run - start >= stop_after:
+            ckpt.close()
+            raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after={stop_after})")
+    ckpt.save(epochs_run, {"states": states, "es": es, "epoch": np.int32(epochs_run)},
+              force=True)
+    ckpt.close()
+    bar.close()
+    return FitResult(params=es.best_params, model_state=es.best_model_state, masks=masks,
+                     best_epoch=np.asarray(es.best_epoch), best_dev_acc=np.asarray(es.best_acc),
+                     epochs_run=epochs_run)
+
+
+def _rounded(values) -> list[float]:
+    return [round(float(v), 5) for v in np.asarray(values)]
+
+
+def init_ensemble(model: Model, keys: jax.Array):
+    """``vmap(model.init)`` over typed keys ``[K]``: params and state with a leading model axis."""
+    return jax.vmap(model.init)(keys)
+
