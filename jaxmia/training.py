@@ -19,6 +19,7 @@ loss weight, but BatchNorm's batch statistics in that one step still see them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -282,6 +283,21 @@ class Checkpointer:
             self.manager.close()
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled(model: Model, cfg: TrainConfig, regularizer: Regularizer | None):
+    """The jitted epoch and evaluation functions, built once per (model, config, regularizer)."""
+    epoch_fn = make_epoch_fn(model, make_optimizer(cfg), cfg.batch_size, regularizer)
+
+    @jax.jit
+    def evaluate(states, es, epoch, data):
+        logits = predict_logits(model, states.params, states.model_state, states.masks, data.x,
+                                data.dev_idx, cfg.eval_batch_size)
+        dev_acc = accuracy(logits, data.y[data.dev_idx], data.dev_n)
+        return dev_acc, _early_stop_update(es, states, dev_acc, epoch, cfg.patience)
+
+    return epoch_fn, evaluate
+
+
 def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         data: EnsembleData, cfg: TrainConfig, keys: jax.Array, *,
         regularizer: Regularizer | None = None, checkpoint_dir: str | None = None,
@@ -306,26 +322,22 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     """
     tx = make_optimizer(cfg)
     states = TrainState(step=jnp.zeros((data.num_models,), jnp.int32), params=params, masks=masks,
-                        model_state=model_state, opt_state=jax.vmap(tx.init)(params))
+                        model_state=model_state, opt_state=jax.jit(jax.vmap(tx.init))(params))
     es = EarlyStopState(
-        best_acc=jnp.full((data.num_models,), -1.0), best_epoch=jnp.full((data.num_models,), -1),
+        best_acc=jnp.full((data.num_models,), -1.0, jnp.float32),
+        best_epoch=jnp.full((data.num_models,), -1, jnp.int32),
         best_params=params, best_model_state=model_state,
         bad_epochs=jnp.zeros((data.num_models,), jnp.int32),
         done=jnp.zeros((data.num_models,), bool))
     ckpt = Checkpointer(checkpoint_dir, cfg.checkpoint_every)
     start = 0
-    restored = ckpt.restore({"states": states, "es": es, "epoch": np.int32(0)})
+    restored = ckpt.restore({"states": states, "es": es, "epoch": jnp.asarray(0, jnp.int32)})
     if restored is not None:
         states, es, start = restored["states"], restored["es"], int(restored["epoch"])
 
-    epoch_fn = make_epoch_fn(model, tx, cfg.batch_size, regularizer)
-
-    @jax.jit
-    def evaluate(states, es, epoch, data):
-        logits = predict_logits(model, states.params, states.model_state, states.masks, data.x,
-                                data.dev_idx, cfg.eval_batch_size)
-        dev_acc = accuracy(logits, data.y[data.dev_idx], data.dev_n)
-        return dev_acc, _early_stop_update(es, states, dev_acc, epoch, cfg.patience)
+    # Epoch count and checkpoint interval do not change the compiled code.
+    epoch_fn, evaluate = _compiled(model, dataclasses.replace(cfg, epochs=0, checkpoint_every=1),
+                                   regularizer)
 
     bar = tqdm(range(start, cfg.epochs), desc=stage, file=sys.stderr, leave=False,
                disable=None, initial=start, total=cfg.epochs)
@@ -347,11 +359,11 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
         bar.set_postfix(dev_acc=f"{float(np.mean(dev_acc)):.3f}")
-        ckpt.save(epochs_run, {"states": states, "es": es, "epoch": np.int32(epochs_run)})
+        ckpt.save(epochs_run, {"states": states, "es": es, "epoch": jnp.asarray(epochs_run, jnp.int32)})
         if stop_after is not None and epochs_run - start >= stop_after:
             ckpt.close()
             raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after={stop_after})")
-    ckpt.save(epochs_run, {"states": states, "es": es, "epoch": np.int32(epochs_run)},
+    ckpt.save(epochs_run, {"states": states, "es": es, "epoch": jnp.asarray(epochs_run, jnp.int32)},
               force=True)
     ckpt.close()
     bar.close()
@@ -366,5 +378,5 @@ def _rounded(values) -> list[float]:
 
 def init_ensemble(model: Model, keys: jax.Array):
     """``vmap(model.init)`` over typed keys ``[K]``: params and state with a leading model axis."""
-    return jax.vmap(model.init)(keys)
+    return jax.jit(jax.vmap(model.init))(keys)
 

@@ -1,0 +1,172 @@
+"""The training loop: ensemble == each alone, resume == uninterrupted, early stopping, no retrace."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmia import models, pruning, training
+
+
+def _setup(num_models=3, n=240, sizes=None, model_name="mlp"):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    y = ((x[:, 0] > 0).astype(np.int32) + 2 * (x[:, 1] > 0)).astype(np.int32)
+    sizes = sizes or [150 - 7 * k for k in range(num_models)]  # Different sizes: padding used.
+    train = [rng.permutation(180)[:s] for s in sizes]
+    dev = [np.arange(180, 240 - 5 * k) for k in range(num_models)]
+    model = models.make(model_name, 4, (8,))
+    keys = jax.random.split(jax.random.key(42), num_models)
+    params, state = training.init_ensemble(model, keys)
+    return model, params, state, x, y, train, dev, keys
+
+
+def _slice(tree, k):
+    return jax.tree.map(lambda a: a[k: k + 1], tree)
+
+
+CFG = training.TrainConfig(epochs=6, batch_size=32, patience=2)
+
+
+def test_ensemble_equals_each_model_alone():
+    model, params, state, x, y, train, dev, keys = _setup()
+    ens = training.make_ensemble_data(x, y, train, dev)
+    together = training.fit(model, params, state, pruning.ones_like(params), ens, CFG, keys)
+    for k in range(3):
+        alone_data = training.make_ensemble_data(x, y, [train[k]], [dev[k]])
+        p = _slice(params, k)
+        alone = training.fit(model, p, _slice(state, k), pruning.ones_like(p), alone_data, CFG,
+                             keys[k: k + 1])
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[k], b[0], rtol=2e-5, atol=2e-6),
+                     together.params, alone.params)
+        assert together.best_epoch[k] == alone.best_epoch[0]
+
+
+def test_resume_after_kill_gives_the_same_result(tmp_path):
+    model, params, state, x, y, train, dev, keys = _setup(num_models=2)
+    ens = training.make_ensemble_data(x, y, train[:2], dev[:2])
+    cfg = training.TrainConfig(epochs=5, batch_size=32, patience=None)
+    ones = pruning.ones_like(params)
+    full = training.fit(model, params, state, ones, ens, cfg, keys)
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(model, params, state, ones, ens, cfg, keys, checkpoint_dir=ckpt, stop_after=2)
+    log = tmp_path / "m.jsonl"
+    resumed = training.fit(model, params, state, ones, ens, cfg, keys, checkpoint_dir=ckpt,
+                           metrics_path=str(log))
+    jax.tree.map(np.testing.assert_array_equal, full.params, resumed.params)
+    epochs = [json.loads(l)["epoch"] for l in log.read_text().splitlines()]
+    assert epochs == [2, 3, 4]  # Only the epochs after the last checkpoint were run again.
+
+
+def test_checkpoint_interval_loses_at_most_one_interval(tmp_path):
+    model, params, state, x, y, train, dev, keys = _setup(num_models=1)
+    ens = training.make_ensemble_data(x, y, train[:1], dev[:1])
+    cfg = training.TrainConfig(epochs=6, batch_size=32, patience=None, checkpoint_every=2)
+    ones = pruning.ones_like(params)
+    ckpt = str(tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(model, params, state, ones, ens, cfg, keys, checkpoint_dir=ckpt, stop_after=3)
+    log = tmp_path / "m.jsonl"
+    training.fit(model, params, state, ones, ens, cfg, keys, checkpoint_dir=ckpt,
+                 metrics_path=str(log))
+    assert [json.loads(l)["epoch"] for l in log.read_text().splitlines()] == [2, 3, 4, 5]
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    from jaxmia.errors import UserError
+
+    model, params, state, x, y, train, dev, keys = _setup(num_models=1)
+    ens = training.make_ensemble_data(x, y, train[:1], dev[:1])
+    ckpt = str(tmp_path / "ckpt")
+    training.fit(model, params, state, pruning.ones_like(params), ens,
+                 training.TrainConfig(epochs=1, batch_size=32), keys, checkpoint_dir=ckpt)
+    other = models.make("mlp", 5, (8,))  # Another head size.
+    p2, s2 = training.init_ensemble(other, keys)
+    with pytest.raises(UserError, match="does not fit this run"):
+        training.fit(other, p2, s2, pruning.ones_like(p2), ens,
+                     training.TrainConfig(epochs=2, batch_size=32), keys, checkpoint_dir=ckpt)
+
+
+def test_early_stopping_keeps_best_and_stops_after_patience():
+    # A learning rate so large that dev accuracy stalls: the model must stop once more than
+    # `patience` epochs fail to improve, and return the params of its best epoch.
+    model, params, state, x, y, train, dev, keys = _setup(num_models=1)
+    ens = training.make_ensemble_data(x, y, train[:1], dev[:1])
+    cfg = training.TrainConfig(epochs=40, batch_size=32, patience=1, lr=1e-3)
+    res = training.fit(model, params, state, pruning.ones_like(params), ens, cfg, keys)
+    assert res.epochs_run < 40
+    assert res.epochs_run == res.best_epoch[0] + 1 + 2  # best, then patience+1 bad epochs
+    logits = training.predict_logits(model, res.params, res.model_state,
+                                     pruning.ones_like(res.params), ens.x, ens.dev_idx)
+    acc = training.accuracy(logits, ens.y[ens.dev_idx], ens.dev_n)
+    np.testing.assert_allclose(acc, res.best_dev_acc, rtol=1e-6)
+
+
+def test_epochs_after_the_first_do_not_retrace():
+    model, params, state, x, y, train, dev, keys = _setup(num_models=2)
+    traces = []
+    base_apply = model.apply
+
+    def counting_apply(*a, **k):
+        if k.get("train"):
+            traces.append(1)
+        return base_apply(*a, **k)
+
+    counting = model._replace(apply=counting_apply)
+    ens = training.make_ensemble_data(x, y, train[:2], dev[:2])
+    cfg = training.TrainConfig(epochs=1, batch_size=32, patience=None)
+    training.fit(counting, params, state, pruning.ones_like(params), ens, cfg, keys)
+    after_one = len(traces)
+    training.fit(counting, params, state, pruning.ones_like(params), ens,
+                 training.TrainConfig(epochs=5, batch_size=32, patience=None), keys)
+    assert after_one >= 1 and len(traces) == after_one  # 4 more epochs, no new trace.
+
+
+def test_same_seed_same_result_other_seed_other_result():
+    model, params, state, x, y, train, dev, keys = _setup(num_models=1)
+    ens = training.make_ensemble_data(x, y, train[:1], dev[:1])
+    cfg = training.TrainConfig(epochs=2, batch_size=32, patience=None)
+    ones = pruning.ones_like(params)
+    a = training.fit(model, params, state, ones, ens, cfg, keys)
+    b = training.fit(model, params, state, ones, ens, cfg, keys)
+    c = training.fit(model, params, state, ones, ens, cfg, jax.random.split(jax.random.key(1), 1))
+    jax.tree.map(np.testing.assert_array_equal, a.params, b.params)
+    assert not np.allclose(jax.tree.leaves(a.params)[0], jax.tree.leaves(c.params)[0])
+
+
+def test_padded_rows_carry_no_weight():
+    # Model 0 trains on 40 rows; duplicating them (80 rows with half the batch count as padding
+    # elsewhere) must not matter: a batch of 32 over 40 rows uses 2 steps, the 2nd with 8 real rows.
+    model, params, state, x, y, train, dev, keys = _setup(num_models=2, sizes=[40, 70])
+    ens = training.make_ensemble_data(x, y, train, dev[:2])
+    cfg = training.TrainConfig(epochs=1, batch_size=32, patience=None)
+    two = training.fit(model, params, state, pruning.ones_like(params), ens, cfg, keys)
+    p0 = _slice(params, 0)
+    one = training.fit(model, p0, _slice(state, 0), pruning.ones_like(p0),
+                       training.make_ensemble_data(x, y, train[:1], dev[:1]), cfg, keys[:1])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b[0], rtol=2e-5, atol=2e-6),
+                 two.params, one.params)
+    np.testing.assert_array_equal(two.params["Dense_0"]["kernel"][0].shape, (8, 256))
+
+
+def test_train_step_weighted_loss_matches_unpadded_mean():
+    model = models.make("mlp", 3, (4,), )
+    params, state = model.init(jax.random.key(0))
+    tx = training.make_optimizer(training.TrainConfig())
+    st = training.TrainState(step=jnp.int32(0), params=params, masks=pruning.ones_like(params),
+                             model_state=state, opt_state=tx.init(params))
+    step = training.make_train_step(model._replace(
+        apply=lambda p, s, x, train, key=None: model.apply(p, s, x, train=False)), tx)
+    x = jax.random.normal(jax.random.key(1), (5, 4))
+    y = jnp.array([0, 1, 2, 0, 1])
+    padded, m1 = step(st, jnp.concatenate([x, x[:3]]), jnp.concatenate([y, y[:3]]),
+                      jnp.array([1.0] * 5 + [0.0] * 3), jax.random.key(2))
+    plain, m2 = step(st, x, y, jnp.ones(5), jax.random.key(2))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), padded.params,
+                 plain.params)
+    np.testing.assert_allclose(m1["loss_sum"], m2["loss_sum"], rtol=1e-6)
+    empty, _ = step(st, x, y, jnp.zeros(5), jax.random.key(2))  # No real rows: no update.
+    jax.tree.map(np.testing.assert_array_equal, empty.params, st.params)
