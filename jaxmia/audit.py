@@ -122,8 +122,8 @@ def _log(msg: str) -> None:
 def _model_features(model, params, state, masks, x, y, idx_lists, chunk):
     """Features of each model on its own rows: dict of [K, n_max] (+ counts)."""
     idx, n = training.pad_indices(idx_lists)
-    logits = jax.jit(training.predict_logits, static_argnums=(0, 6))(
-        model, params, state, masks, x, jnp.asarray(idx), chunk)
+    logits = training.predict_logits(
+        model, params, state, masks, x, jnp.asarray(idx), chunk, "auto")
     feats = jax.device_get(features.extract(logits, y[jnp.asarray(idx)]))
     feats["labels"] = np.asarray(y)[idx]
     return feats, n

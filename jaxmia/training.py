@@ -50,6 +50,39 @@ class TrainConfig:
     patience: int | None = 5  # None: no early stopping (the best-on-dev params are still kept).
     checkpoint_every: int = 1  # epochs between orbax checkpoints (when a directory is given).
     eval_batch_size: int = 1024
+    # How the ensemble runs: 'fused' (one jitted call an epoch: vmap over models, lax.scan over
+    # batches), 'stepwise' (one jitted call a batch from a host loop, the models unrolled inside
+    # it), or 'auto': 'stepwise' for conv models on CPU, 'fused' otherwise. XLA:CPU runs
+    # convolutions inside loop bodies (scan, lax.map) about 20x slower than at top level
+    # (jax-ml/jax#12868) and vmapped convolutions become slow grouped convolutions; the numbers are
+    # in BUILD_NOTES.md. Both modes draw the same keys and batches and give the same result.
+    ensemble_mode: str = "auto"
+
+
+MODES = ("auto", "fused", "stepwise")
+
+
+def resolve_ensemble_mode(mode: str, params: Params) -> str:
+    """'auto' -> 'stepwise' for models with conv kernels on CPU, else 'fused'."""
+    if mode not in MODES:
+        raise UserError(f"unknown ensemble mode '{mode}'; choose one of {', '.join(MODES)}")
+    if mode != "auto":
+        return mode
+    has_conv = any(leaf.ndim == 5 for leaf in jax.tree.leaves(params))  # [K, H, W, I, O]
+    return "stepwise" if has_conv and jax.default_backend() == "cpu" else "fused"
+
+
+def unrolled_models(fn, in_axes):
+    """Like ``jax.vmap(fn, in_axes)`` over the leading model axis, but as a Python loop traced
+    into one program (no batching of convolutions, no loop body): for XLA:CPU."""
+
+    def mapped(*args):
+        num = next(jax.tree.leaves(a)[0].shape[0] for a, ax in zip(args, in_axes) if ax == 0)
+        outs = [fn(*[jax.tree.map(lambda v: v[k], a) if ax == 0 else a
+                     for a, ax in zip(args, in_axes)]) for k in range(num)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return mapped
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -165,51 +198,94 @@ def _epoch_order(key, n_valid, n_max):
     return jnp.argsort(priority)
 
 
-def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | None = None):
-    """Returns the jitted ensemble epoch ``(states, es, data, keys) -> (states, metrics)``."""
+def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | None = None,
+                  mode: str = "fused"):
+    """Returns the ensemble epoch ``(states, es, data, keys) -> (states, metrics)``.
+
+    Model k shuffles its own rows with ``keys[k]`` and takes ``ceil(n_max / batch_size)`` steps
+    (padding rows carry no weight; a model that has stopped early takes none). ``mode`` is
+    'fused' or 'stepwise' (see ``TrainConfig.ensemble_mode``); both compute the same thing.
+    """
     step = make_train_step(model, tx, regularizer)
 
-    def one_model(state, done, idx, n, x_all, y_all, key):
+    def plan(done, idx, n, key):
+        """One model's epoch: row positions and weights of every batch, and its step key."""
         n_max = idx.shape[0]
         num_batches = -(-n_max // batch_size)
         order_key, step_key = jax.random.split(key)
         order = _epoch_order(order_key, n, n_max)
         order = jnp.pad(order, (0, num_batches * batch_size - n_max), constant_values=n_max)
-        valid = (order < n) & ~done  # A stopped model takes no more steps.
-        pos = jnp.minimum(order, n_max - 1)
+        valid = (order < n) & ~done
+        rows = idx[jnp.minimum(order, n_max - 1)]
+        return (rows.reshape(num_batches, batch_size),
+                valid.reshape(num_batches, batch_size).astype(jnp.float32), step_key)
+
+    def batch_step(state, rows, w, step_key, j, x_all, y_all):
+        return step(state, x_all[rows], y_all[rows], w, jax.random.fold_in(step_key, j))
+
+    def fused_one(state, done, idx, n, key, x_all, y_all):
+        rows, w, step_key = plan(done, idx, n, key)
 
         def body(state, j):
-            sl = jax.lax.dynamic_slice_in_dim(pos, j * batch_size, batch_size)
-            w = jax.lax.dynamic_slice_in_dim(valid, j * batch_size, batch_size)
-            rows = idx[sl]
-            return step(state, x_all[rows], y_all[rows], w.astype(jnp.float32),
-                        jax.random.fold_in(step_key, j))
+            return batch_step(state, rows[j], w[j], step_key, j, x_all, y_all)
 
-        state, metrics = jax.lax.scan(body, state, jnp.arange(num_batches))
+        state, metrics = jax.lax.scan(body, state, jnp.arange(rows.shape[0]))
         return state, jax.tree.map(jnp.sum, metrics)
 
+    if mode == "fused":
+        @jax.jit
+        def epoch(states, es, data: EnsembleData, keys):
+            return jax.vmap(fused_one, in_axes=(0, 0, 0, 0, 0, None, None))(
+                states, es.done, data.train_idx, data.train_n, keys, data.x, data.y)
+
+        return epoch
+
+    plan_all = jax.jit(jax.vmap(plan))
+    step_all = jax.jit(unrolled_models(batch_step, (0, 0, 0, 0, None, None, None)))
+
     def epoch(states, es, data: EnsembleData, keys):
-        return jax.vmap(one_model, in_axes=(0, 0, 0, 0, None, None, 0))(
-            states, es.done, data.train_idx, data.train_n, data.x, data.y, keys)
+        rows, w, step_keys = plan_all(es.done, data.train_idx, data.train_n, keys)
+        totals = None
+        for j in range(rows.shape[1]):
+            states, m = step_all(states, rows[:, j], w[:, j], step_keys, jnp.int32(j),
+                                 data.x, data.y)
+            totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+        return states, totals
 
-    return jax.jit(epoch)
+    return epoch
 
 
-def predict_logits(model: Model, params, model_state, masks, x_all, idx, chunk: int = 1024):
+@functools.lru_cache(maxsize=32)
+def _predict_fn(model: Model, mode: str):
+    def one(p, s, m, rows, x_all):
+        return model.apply(pruning.apply_masks(p, m), s, x_all[rows], train=False)[0]
+
+    if mode == "fused":
+        def chunks_fn(params, model_state, masks, chunks, x_all):
+            return jax.lax.map(lambda c: jax.vmap(one, in_axes=(0, 0, 0, 0, None))(
+                params, model_state, masks, c, x_all), chunks)
+        return jax.jit(chunks_fn)
+    return jax.jit(unrolled_models(one, (0, 0, 0, 0, None)))
+
+
+def predict_logits(model: Model, params, model_state, masks, x_all, idx, chunk: int = 1024,
+                   mode: str = "auto"):
     """Eval-mode logits of every model on its own rows: ``idx [K, n] -> [K, n, C]``.
 
-    Chunked over rows (``lax.map``) so large sets stay within memory; vmapped over models.
+    Rows go in chunks of ``chunk`` so large sets stay within memory; ``mode`` as in
+    ``TrainConfig.ensemble_mode``.
     """
+    mode = resolve_ensemble_mode(mode, params)
     num_models, n = idx.shape
     chunk = max(1, min(chunk, n))
     num_chunks = -(-n // chunk)
     padded = jnp.pad(idx, ((0, 0), (0, num_chunks * chunk - n)))
     chunks = padded.reshape(num_models, num_chunks, chunk).transpose(1, 0, 2)
-
-    def one(p, s, m, rows):
-        return model.apply(pruning.apply_masks(p, m), s, x_all[rows], train=False)[0]
-
-    logits = jax.lax.map(lambda c: jax.vmap(one)(params, model_state, masks, c), chunks)
+    fn = _predict_fn(model, mode)
+    if mode == "fused":
+        logits = fn(params, model_state, masks, chunks, x_all)
+    else:
+        logits = jnp.stack([fn(params, model_state, masks, c, x_all) for c in chunks])
     return logits.transpose(1, 0, 2, 3).reshape(num_models, num_chunks * chunk, -1)[:, :n]
 
 
@@ -285,17 +361,24 @@ class Checkpointer:
 
 @functools.lru_cache(maxsize=16)
 def _compiled(model: Model, cfg: TrainConfig, regularizer: Regularizer | None):
-    """The jitted epoch and evaluation functions, built once per (model, config, regularizer)."""
-    epoch_fn = make_epoch_fn(model, make_optimizer(cfg), cfg.batch_size, regularizer)
+    """The epoch and evaluation functions, built once per (model, config, regularizer);
+    ``cfg.ensemble_mode`` is already resolved to 'fused' or 'stepwise'."""
+    epoch_fn = make_epoch_fn(model, make_optimizer(cfg), cfg.batch_size, regularizer,
+                             cfg.ensemble_mode)
+    update = jax.jit(_early_stop_update, static_argnums=(4,))
 
-    @jax.jit
     def evaluate(states, es, epoch, data):
         logits = predict_logits(model, states.params, states.model_state, states.masks, data.x,
-                                data.dev_idx, cfg.eval_batch_size)
-        dev_acc = accuracy(logits, data.y[data.dev_idx], data.dev_n)
-        return dev_acc, _early_stop_update(es, states, dev_acc, epoch, cfg.patience)
+                                data.dev_idx, cfg.eval_batch_size, cfg.ensemble_mode)
+        dev_acc = _dev_accuracy(logits, data)
+        return dev_acc, update(es, states, dev_acc, jnp.int32(epoch), cfg.patience)
 
     return epoch_fn, evaluate
+
+
+@jax.jit
+def _dev_accuracy(logits, data: EnsembleData):
+    return accuracy(logits, data.y[data.dev_idx], data.dev_n)
 
 
 def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
@@ -336,11 +419,13 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         states, es, start = restored["states"], restored["es"], int(restored["epoch"])
 
     # Epoch count and checkpoint interval do not change the compiled code.
-    epoch_fn, evaluate = _compiled(model, dataclasses.replace(cfg, epochs=0, checkpoint_every=1),
-                                   regularizer)
+    mode = resolve_ensemble_mode(cfg.ensemble_mode, params)
+    epoch_fn, evaluate = _compiled(
+        model, dataclasses.replace(cfg, epochs=0, checkpoint_every=1, ensemble_mode=mode),
+        regularizer)
 
     bar = tqdm(range(start, cfg.epochs), desc=stage, file=sys.stderr, leave=False,
-               disable=None, initial=start, total=cfg.epochs)
+               initial=start, total=cfg.epochs)
     epochs_run = start
     for epoch in bar:
         if bool(jnp.all(es.done)):

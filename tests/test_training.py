@@ -170,3 +170,22 @@ def test_train_step_weighted_loss_matches_unpadded_mean():
     np.testing.assert_allclose(m1["loss_sum"], m2["loss_sum"], rtol=1e-6)
     empty, _ = step(st, x, y, jnp.zeros(5), jax.random.key(2))  # No real rows: no update.
     jax.tree.map(np.testing.assert_array_equal, empty.params, st.params)
+
+
+def test_fused_and_stepwise_ensemble_modes_agree():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 8, 8, 1)).astype(np.float32)
+    y = (x[:, :4].mean((1, 2, 3)) > 0).astype(np.int32)
+    model = models.make("small_cnn", 2, (8, 8, 1))
+    keys = jax.random.split(jax.random.key(3), 2)
+    params, state = training.init_ensemble(model, keys)
+    ens = training.make_ensemble_data(x, y, [np.arange(60), np.arange(10, 64)],
+                                      [np.arange(64, 96)] * 2)
+    out = {}
+    for mode in ("fused", "stepwise"):
+        cfg = training.TrainConfig(epochs=2, batch_size=16, patience=None, ensemble_mode=mode)
+        out[mode] = training.fit(model, params, state, pruning.ones_like(params), ens, cfg, keys)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 out["fused"].params, out["stepwise"].params)
+    assert training.resolve_ensemble_mode("auto", params) == "stepwise"  # conv model on CPU
+    assert training.resolve_ensemble_mode("auto", {"k": jnp.zeros((2, 3, 4))}) == "fused"

@@ -1,0 +1,94 @@
+"""End to end: the audit CLI on digits, its outputs, resume, and one-line errors on bad input."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+SCRIPT = os.path.join(ROOT, "experiments", "audit.py")
+FAST = ["--epochs=3", "--num_shadows=2", "--patience=5"]
+
+
+def _run(*args, env=None):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, **(env or {})}, timeout=900)
+
+
+def test_audit_on_digits_end_to_end(tmp_path):
+    work = tmp_path / "run"
+    r = _run(f"--workdir={work}", *FAST)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((work / "results.json").read_text())
+    for key in ("dataset", "model", "pruning", "sparsity", "seed", "target_train_acc",
+                "target_test_acc", "pruned_target_train_acc", "pruned_target_test_acc"):
+        assert key in res
+    assert res["dataset"] == "digits" and res["model"] == "mlp" and res["seed"] == 7
+    assert res["target_train_acc"] > 0.5  # 3 epochs on digits already learn (chance: 0.1)
+    assert abs(res["achieved_sparsity"]["target_overall"] - 0.7) < 1e-3
+    for stage in ("unpruned", "pruned"):
+        assert set(res["attacks"][stage]) == {"confidence", "entropy", "modified_entropy",
+                                              "top1", "loss"}
+        for m in res["attacks"][stage].values():
+            assert 0 <= m["balanced_accuracy"] <= 1 and 0 <= m["auc"] <= 1
+    splits = json.loads((work / "splits.json").read_text())
+    assert len(splits["shadows"]) == 2
+    assert not set(splits["target"]["train"]) & set(splits["target"]["test"])
+    scores = np.load(work / "scores.npz")
+    assert scores["pruned/is_member"].sum() == len(splits["target"]["train"])
+    lines = (work / "metrics.jsonl").read_text().splitlines()
+    assert {json.loads(l)["stage"] for l in lines} == {"pretrain", "finetune"}
+    assert "confidence" in r.stdout and "results:" in r.stdout
+
+    # Same settings again: resumes from the checkpoints (no epoch retrained), same results.
+    again = _run(f"--workdir={work}", *FAST)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert len((work / "metrics.jsonl").read_text().splitlines()) == len(lines)
+    res2 = json.loads((work / "results.json").read_text())
+    assert res2["attacks"] == res["attacks"]
+
+    # Another run's settings in the same workdir: refused, nothing changed.
+    other = _run(f"--workdir={work}", "--epochs=3", "--num_shadows=2", "--sparsity=0.5")
+    assert other.returncode == 2
+    assert other.stderr.strip().splitlines()[-1].startswith("error: workdir")
+    assert "sparsity" in other.stderr
+    assert json.loads((work / "results.json").read_text()) == res2
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--dataset=mnist"], "unknown dataset 'mnist'"),
+    (["--model=resnet50"], "unknown model 'resnet50'"),
+    (["--sparsity=1.5"], "sparsity must be in [0, 1), got 1.5"),
+    (["--pruning=magic"], "unknown pruning method 'magic'"),
+    (["--dataset=location", "--data_dir=/nonexistent"], "dataset_location.tgz not found"),
+    (["--num_shadows=0"], "--num_shadows must be >= 1"),
+    (["--pruning=slim"], "network slimming needs BatchNorm"),
+])
+def test_bad_input_one_line_nonzero_nothing_written(tmp_path, args, expect):
+    work = tmp_path / "w"
+    r = _run(f"--workdir={work}", *args)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], r.stderr
+    assert not work.exists()
+
+
+def test_corrupt_data_file_is_one_line(tmp_path):
+    bad = tmp_path / "data" / "location"
+    bad.mkdir(parents=True)
+    (bad / "dataset_location.tgz").write_bytes(b"\x1f\x8b garbage")
+    r = _run(f"--workdir={tmp_path / 'w'}", "--dataset=location", f"--data_dir={tmp_path / 'data'}")
+    assert r.returncode == 2 and "not a readable .tgz" in r.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_foreign_checkpoint_without_config_is_refused(tmp_path):
+    work = tmp_path / "w"
+    (work / "ckpt" / "pretrain").mkdir(parents=True)
+    r = _run(f"--workdir={work}", *FAST)
+    assert r.returncode == 2 and "holds a checkpoint but no config.json" in r.stderr
+    assert sorted(os.listdir(work)) == ["ckpt"]
