@@ -153,7 +153,7 @@ def attack_stage(cfg, model, params, state, masks, ds, splits, x, y) -> tuple[di
     for name in cfg.attacks:
         attack = attacks.REGISTRY[name]()
         s = attack.score(attack.fit(shadow, shadow_member), target)
-        results[name] = metrics.summarize(s, is_member)
+        results[name] = metrics.summarize_with_ci(s, is_member, seed=cfg.seed)
         scores[name] = s
     acc = {"target_train_acc": float(t_in["correct"].mean()),
            "target_test_acc": float(t_out["correct"].mean()),

@@ -38,3 +38,30 @@ def summarize(scores, is_member) -> dict[str, float]:
         "tpr@0.1%fpr": tpr_at_fpr(scores, is_member, 0.001),
         "tpr@0%fpr": tpr_at_fpr(scores, is_member, 0.0),
     }
+
+
+def bootstrap_ci(scores, is_member, num_resamples: int = 200, level: float = 0.95,
+                 seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap confidence intervals of every ``summarize`` metric.
+
+    Members and non-members are resampled separately (stratified), so every resample keeps the
+    original class balance. ``seed`` fixes the resamples: same inputs, same intervals.
+    """
+    scores = np.asarray(scores, np.float64)
+    mem = np.asarray(is_member, bool)
+    rng = np.random.default_rng(seed)
+    pos, neg = np.flatnonzero(mem), np.flatnonzero(~mem)
+    draws = []
+    for _ in range(num_resamples):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        draws.append(summarize(scores[idx], mem[idx]))
+    q = [(1 - level) / 2, (1 + level) / 2]
+    return {k: tuple(float(v) for v in np.quantile([d[k] for d in draws], q)) for k in draws[0]}
+
+
+def summarize_with_ci(scores, is_member, num_resamples: int = 200, seed: int = 0) -> dict:
+    """``summarize`` plus ``<metric>_ci95`` intervals from a stratified bootstrap."""
+    out = summarize(scores, is_member)
+    for k, v in bootstrap_ci(scores, is_member, num_resamples, 0.95, seed).items():
+        out[f"{k}_ci95"] = list(v)
+    return out

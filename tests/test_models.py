@@ -1,5 +1,6 @@
 """Architectures: parameter counts against the published models, shapes, norm switch, errors."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,7 +45,7 @@ def test_output_shapes(name):
     params, state = jax.eval_shape(m.init, jax.random.key(0))
     out, _ = jax.eval_shape(lambda p, s, x: m.apply(p, s, x, train=False), params, state,
                             jnp.zeros((2, 32, 32, 3)))
-    assert out.shape == (2, 7)
+    chex.assert_shape(out, (2, 7))
 
 
 def test_batchnorm_state_updates_in_training_only():

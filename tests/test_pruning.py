@@ -1,5 +1,6 @@
 """Pruning masks: hand-worked counts and ties, structured filters, slimming, IMP, persistence."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -99,7 +100,8 @@ def test_ensemble_pruning_is_per_model():
     p = jax.tree.map(lambda a: jnp.stack([a, -2 * a[::-1] if a.ndim == 1 else 2 * a]), _params())
     masks = pruning.make_masks("l1_unstructured", p, 0.5, ensemble=True)
     single = pruning.l1_unstructured(_params(), 0.5)
-    jax.tree.map(lambda e, s: np.testing.assert_array_equal(e[0], s), masks, single)
+    chex.assert_trees_all_equal(jax.tree.map(lambda m: m[0], masks), single)
+    chex.assert_trees_all_equal_structs(masks, p)
 
 
 def _tiny_training_setup(num_models=2):

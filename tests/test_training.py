@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,8 +40,9 @@ def test_ensemble_equals_each_model_alone():
         p = _slice(params, k)
         alone = training.fit(model, p, _slice(state, k), pruning.ones_like(p), alone_data, CFG,
                              keys[k: k + 1])
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[k], b[0], rtol=2e-5, atol=2e-6),
-                     together.params, alone.params)
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[k], together.params),
+                                    jax.tree.map(lambda a: a[0], alone.params),
+                                    rtol=2e-5, atol=2e-6)
         assert together.best_epoch[k] == alone.best_epoch[0]
 
 
@@ -56,7 +58,7 @@ def test_resume_after_kill_gives_the_same_result(tmp_path):
     log = tmp_path / "m.jsonl"
     resumed = training.fit(model, params, state, ones, ens, cfg, keys, checkpoint_dir=ckpt,
                            metrics_path=str(log))
-    jax.tree.map(np.testing.assert_array_equal, full.params, resumed.params)
+    chex.assert_trees_all_equal(full.params, resumed.params)
     epochs = [json.loads(l)["epoch"] for l in log.read_text().splitlines()]
     assert epochs == [2, 3, 4]  # Only the epochs after the last checkpoint were run again.
 
@@ -185,7 +187,7 @@ def test_fused_and_stepwise_ensemble_modes_agree():
     for mode in ("fused", "stepwise"):
         cfg = training.TrainConfig(epochs=2, batch_size=16, patience=None, ensemble_mode=mode)
         out[mode] = training.fit(model, params, state, pruning.ones_like(params), ens, cfg, keys)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-                 out["fused"].params, out["stepwise"].params)
+    chex.assert_trees_all_close(out["fused"].params, out["stepwise"].params, rtol=1e-4,
+                                atol=1e-5)
     assert training.resolve_ensemble_mode("auto", params) == "stepwise"  # conv model on CPU
     assert training.resolve_ensemble_mode("auto", {"k": jnp.zeros((2, 3, 4))}) == "fused"
