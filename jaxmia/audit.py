@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia import attacks, data, features, io, models, pruning, training
+from jaxmia import attacks, data, features, io, models, pruning, reporting, training
 from jaxmia.errors import UserError
 
 PRUNING_CHOICES = tuple(pruning.METHODS) + ("imp", "none")
@@ -281,6 +281,11 @@ def run(cfg: AuditConfig) -> dict:
                 "devices": jax.device_count()},
     }
     io.write_npz(os.path.join(cfg.workdir, "scores.npz"), **all_scores)
+    for stage in ("unpruned", "pruned"):
+        reporting.plot_roc({a: (all_scores[f"{stage}/{a}"], all_scores[f"{stage}/is_member"])
+                            for a in cfg.attacks},
+                           os.path.join(cfg.workdir, f"roc_{stage}.png"),
+                           f"{cfg.dataset} / {cfg.model}, {stage} target")
     io.write_json(os.path.join(cfg.workdir, "results.json"), out)
     return out
 

@@ -18,6 +18,9 @@ def _atomic(path: str, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are for people to read.
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -35,3 +38,7 @@ def write_npz(path: str, **arrays) -> None:
 
 def write_text(path: str, text: str) -> None:
     _atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_bytes(path: str, payload: bytes) -> None:
+    _atomic(path, lambda f: f.write(payload))

@@ -43,6 +43,8 @@ def test_audit_on_digits_end_to_end(tmp_path):
     lines = (work / "metrics.jsonl").read_text().splitlines()
     assert {json.loads(l)["stage"] for l in lines} == {"pretrain", "finetune"}
     assert "confidence" in r.stdout and "results:" in r.stdout
+    for stage in ("unpruned", "pruned"):
+        assert (work / f"roc_{stage}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Same settings again: resumes from the checkpoints (no epoch retrained), same results.
     again = _run(f"--workdir={work}", *FAST)
