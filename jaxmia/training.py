@@ -48,6 +48,9 @@ class TrainConfig:
     weight_decay: float = 5e-4
     optimizer: str = "adam"  # 'adam' or 'sgd' (momentum 0.9)
     patience: int | None = 5  # None: no early stopping (the best-on-dev params are still kept).
+    keep: str = "best"  # 'best': each model's best-on-dev params; 'last': its final params.
+    lr_milestones: tuple[int, ...] = ()  # epochs at which the lr is multiplied by lr_gamma
+    lr_gamma: float = 0.1  # (PyTorch MultiStepLR).
     checkpoint_every: int = 1  # epochs between orbax checkpoints (when a directory is given).
     eval_batch_size: int = 1024
     # How the ensemble runs: 'fused' (one jitted call an epoch: vmap over models, lax.scan over
@@ -85,12 +88,17 @@ def unrolled_models(fn, in_axes):
     return mapped
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    """PyTorch ``Adam(weight_decay=wd)`` / ``SGD(momentum=.9, weight_decay=wd)`` semantics."""
+def make_optimizer(cfg: TrainConfig, steps_per_epoch: int = 1) -> optax.GradientTransformation:
+    """PyTorch ``Adam(weight_decay=wd)`` / ``SGD(momentum=.9, weight_decay=wd)`` semantics, with
+    ``MultiStepLR``-style decay at ``cfg.lr_milestones`` (epochs of ``steps_per_epoch`` steps)."""
+    lr = cfg.lr
+    if cfg.lr_milestones:
+        lr = optax.piecewise_constant_schedule(
+            cfg.lr, {int(m) * steps_per_epoch: cfg.lr_gamma for m in cfg.lr_milestones})
     if cfg.optimizer == "adam":
-        base = optax.adam(cfg.lr)
+        base = optax.adam(lr)
     elif cfg.optimizer == "sgd":
-        base = optax.sgd(cfg.lr, momentum=0.9)
+        base = optax.sgd(lr, momentum=0.9)
     else:
         raise UserError(f"unknown optimizer '{cfg.optimizer}'; choose adam or sgd")
     return optax.chain(optax.add_decayed_weights(cfg.weight_decay), base)
@@ -360,11 +368,12 @@ class Checkpointer:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled(model: Model, cfg: TrainConfig, regularizer: Regularizer | None):
-    """The epoch and evaluation functions, built once per (model, config, regularizer);
+def _compiled(model: Model, cfg: TrainConfig, regularizer: Regularizer | None,
+              steps_per_epoch: int):
+    """The epoch and evaluation functions, built once per (model, config, regularizer, steps);
     ``cfg.ensemble_mode`` is already resolved to 'fused' or 'stepwise'."""
-    epoch_fn = make_epoch_fn(model, make_optimizer(cfg), cfg.batch_size, regularizer,
-                             cfg.ensemble_mode)
+    epoch_fn = make_epoch_fn(model, make_optimizer(cfg, steps_per_epoch), cfg.batch_size,
+                             regularizer, cfg.ensemble_mode)
     update = jax.jit(_early_stop_update, static_argnums=(4,))
 
     def evaluate(states, es, epoch, data):
@@ -401,9 +410,12 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
       stop_after: stop (as if killed) after this many epochs of this call; for resume tests.
 
     Returns:
-      FitResult with each model's best-on-dev params.
+      FitResult with each model's best-on-dev params (``cfg.keep='best'``) or final params.
     """
-    tx = make_optimizer(cfg)
+    if cfg.keep not in ("best", "last"):
+        raise UserError(f"unknown keep='{cfg.keep}'; choose best or last")
+    steps_per_epoch = -(-int(data.train_idx.shape[1]) // cfg.batch_size)
+    tx = make_optimizer(cfg, steps_per_epoch)
     states = TrainState(step=jnp.zeros((data.num_models,), jnp.int32), params=params, masks=masks,
                         model_state=model_state, opt_state=jax.jit(jax.vmap(tx.init))(params))
     es = EarlyStopState(
@@ -421,8 +433,9 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     # Epoch count and checkpoint interval do not change the compiled code.
     mode = resolve_ensemble_mode(cfg.ensemble_mode, params)
     epoch_fn, evaluate = _compiled(
-        model, dataclasses.replace(cfg, epochs=0, checkpoint_every=1, ensemble_mode=mode),
-        regularizer)
+        model, dataclasses.replace(cfg, epochs=0, checkpoint_every=1, ensemble_mode=mode,
+                                   keep="best"),
+        regularizer, steps_per_epoch)
 
     bar = tqdm(range(start, cfg.epochs), desc=stage, file=sys.stderr, leave=False,
                initial=start, total=cfg.epochs)
@@ -452,6 +465,10 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
               force=True)
     ckpt.close()
     bar.close()
+    if cfg.keep == "last":
+        return FitResult(params=states.params, model_state=states.model_state, masks=masks,
+                         best_epoch=np.full(data.num_models, epochs_run - 1),
+                         best_dev_acc=np.asarray(es.best_acc), epochs_run=epochs_run)
     return FitResult(params=es.best_params, model_state=es.best_model_state, masks=masks,
                      best_epoch=np.asarray(es.best_epoch), best_dev_acc=np.asarray(es.best_acc),
                      epochs_run=epochs_run)

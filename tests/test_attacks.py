@@ -149,3 +149,13 @@ def test_bootstrap_interval_brackets_the_estimate_and_is_reproducible():
     assert (lo, hi) == metrics.bootstrap_ci(scores, member, num_resamples=100, seed=3)["auc"]
     full = metrics.summarize_with_ci(scores, member, num_resamples=50)
     assert full["tpr@1%fpr_ci95"][0] <= full["tpr@1%fpr"] <= full["tpr@1%fpr_ci95"][1]
+
+
+def test_classifier_attack_inputs_and_shapes():
+    from jaxmia.attacks import classifier
+
+    f = {"probs": np.array([[0.2, 0.5, 0.1, 0.2]]), "labels": np.array([3])}
+    np.testing.assert_allclose(classifier.attack_inputs("top3", f), [[0.5, 0.2, 0.2]])
+    np.testing.assert_allclose(classifier.attack_inputs("nncls", f),
+                               [[0.2, 0.5, 0.1, 0.2, 0, 0, 0, 1]])
+    np.testing.assert_allclose(classifier.attack_inputs("nn", f), f["probs"])

@@ -191,3 +191,30 @@ def test_fused_and_stepwise_ensemble_modes_agree():
                                 atol=1e-5)
     assert training.resolve_ensemble_mode("auto", params) == "stepwise"  # conv model on CPU
     assert training.resolve_ensemble_mode("auto", {"k": jnp.zeros((2, 3, 4))}) == "fused"
+
+
+def test_lr_milestones_decay_like_multisteplr():
+    # Adam's update for a constant gradient is -lr (bias-corrected), so the update size shows the
+    # lr: milestones at epoch 2 with 3 steps an epoch -> steps 0..5 at 1e-3, from step 6 at 1e-4.
+    cfg = training.TrainConfig(lr=1e-3, weight_decay=0.0, lr_milestones=(2,))
+    tx = training.make_optimizer(cfg, steps_per_epoch=3)
+    params = {"w": jnp.ones(2)}
+    state = tx.init(params)
+    sizes = []
+    for _ in range(8):
+        upd, state = tx.update({"w": jnp.ones(2)}, state, params)
+        sizes.append(float(-upd["w"][0]))
+    np.testing.assert_allclose(sizes, [1e-3] * 6 + [1e-4] * 2, rtol=1e-4)
+
+
+def test_keep_last_returns_final_params():
+    model, params, state, x, y, train, dev, keys = _setup(num_models=1)
+    ens = training.make_ensemble_data(x, y, train[:1], dev[:1])
+    ones = pruning.ones_like(params)
+    base = dict(epochs=3, batch_size=32, patience=None)
+    last = training.fit(model, params, state, ones, ens, training.TrainConfig(**base, keep="last"),
+                        keys)
+    longer = training.fit(model, params, state, ones, ens,
+                          training.TrainConfig(**{**base, "epochs": 4}, keep="last"), keys)
+    assert last.epochs_run == 3 and last.best_epoch[0] == 2
+    assert not np.allclose(jax.tree.leaves(last.params)[0], jax.tree.leaves(longer.params)[0])

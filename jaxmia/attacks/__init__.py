@@ -1,8 +1,8 @@
 """Attack registry: ``REGISTRY[name]()`` returns an :class:`Attack`."""
 
-from jaxmia.attacks import threshold
+from jaxmia.attacks import classifier, threshold
 from jaxmia.attacks.base import Attack, Features  # noqa: F401
 
-REGISTRY = {**threshold.REGISTRY}
+REGISTRY = {**threshold.REGISTRY, **classifier.REGISTRY}
 # The threshold attacks every audit runs (the pruning paper's Table 3 set).
 AUDIT_DEFAULT = ("confidence", "entropy", "modified_entropy", "top1", "loss")

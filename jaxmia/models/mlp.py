@@ -13,13 +13,15 @@ class MLP(nn.Module):
     num_classes: int
     hidden: tuple[int, ...] = (256, 128)
     dropout: float = 0.1
+    dropout_layers: int | None = None  # how many hidden layers dropout follows (None: all)
 
     @nn.compact
     def __call__(self, x, train: bool):
         x = x.reshape(x.shape[0], -1)
         for i, width in enumerate(self.hidden):
             x = nn.relu(layers.dense(width, name=f"Dense_{i}")(x))
-            x = nn.Dropout(self.dropout, deterministic=not train)(x)
+            if self.dropout_layers is None or i < self.dropout_layers:
+                x = nn.Dropout(self.dropout, deterministic=not train)(x)
         return layers.dense(self.num_classes, name=f"Dense_{len(self.hidden)}")(x)
 
 
