@@ -13,6 +13,7 @@ one line starting with "error:" and exits with status 2, writing nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 from absl import app, flags, logging
@@ -69,8 +70,8 @@ def main(argv):
     try:
         if not cfg.workdir:
             r = audit_lib.validate(cfg)
-            cfg = cfg.__class__(**{**cfg.__dict__, "workdir": (
-                f"workdir/{r.dataset}_{r.model}_{r.pruning}{r.sparsity}_s{r.seed}")})
+            cfg = dataclasses.replace(
+                cfg, workdir=f"workdir/{r.dataset}_{r.model}_{r.pruning}{r.sparsity}_s{r.seed}")
         results = audit_lib.run(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

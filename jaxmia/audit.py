@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia import attacks, data, features, io, models, pruning, reporting, training
+from jaxmia import attacks, data, features, io, metrics, models, pruning, reporting, training
 from jaxmia.errors import UserError
 
 PRUNING_CHOICES = tuple(pruning.METHODS) + ("imp", "none")
@@ -119,11 +119,10 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _model_features(model, params, state, masks, x, y, idx_lists, chunk):
+def _model_features(model, params, state, masks, x, y, idx_lists):
     """Features of each model on its own rows: dict of [K, n_max] (+ counts)."""
     idx, n = training.pad_indices(idx_lists)
-    logits = training.predict_logits(
-        model, params, state, masks, x, jnp.asarray(idx), chunk, "auto")
+    logits = training.predict_logits(model, params, state, masks, x, jnp.asarray(idx))
     feats = jax.device_get(features.extract(logits, y[jnp.asarray(idx)]))
     feats["labels"] = np.asarray(y)[idx]
     return feats, n
@@ -134,12 +133,15 @@ def _gather(feats, n, models_):
     return {k: np.concatenate([v[m, : n[m]] for m in models_]) for k, v in feats.items()}
 
 
-def attack_stage(cfg, model, params, state, masks, ds, splits, x, y) -> tuple[dict, dict, dict]:
-    """Runs every attack for one stage; returns (metrics, accuracies, per-example scores)."""
+def attack_stage(cfg, model, params, state, masks, splits, x, y) -> tuple[dict, dict, dict]:
+    """Runs every attack for one stage; returns (metrics, accuracies, per-example scores).
+
+    Attacks are fit on the shadows' features (members: their train rows, non-members: their
+    test rows, all shadows concatenated) and score the target's train and test rows.
+    """
     train_f, train_n = _model_features(model, params, state, masks, x, y,
-                                       [s.train for s in splits], 1024)
-    test_f, test_n = _model_features(model, params, state, masks, x, y,
-                                     [s.test for s in splits], 1024)
+                                       [s.train for s in splits])
+    test_f, test_n = _model_features(model, params, state, masks, x, y, [s.test for s in splits])
     shadows = range(1, len(splits))
     s_in, s_out = _gather(train_f, train_n, shadows), _gather(test_f, test_n, shadows)
     t_in, t_out = _gather(train_f, train_n, [0]), _gather(test_f, test_n, [0])
@@ -147,11 +149,9 @@ def attack_stage(cfg, model, params, state, masks, ds, splits, x, y) -> tuple[di
     shadow_member = np.r_[np.ones(len(s_in["labels"]), bool), np.zeros(len(s_out["labels"]), bool)]
     target = {k: np.concatenate([t_in[k], t_out[k]]) for k in t_in}
     is_member = np.r_[np.ones(len(t_in["labels"]), bool), np.zeros(len(t_out["labels"]), bool)]
-    from jaxmia import metrics
-
     results, scores = {}, {"is_member": is_member}
     for name in cfg.attacks:
-        attack = attacks.REGISTRY[name]()
+        attack = attacks.REGISTRY[name](seed=cfg.seed)
         s = attack.score(attack.fit(shadow, shadow_member), target)
         results[name] = metrics.summarize_with_ci(s, is_member, seed=cfg.seed)
         scores[name] = s
@@ -164,7 +164,8 @@ def attack_stage(cfg, model, params, state, masks, ds, splits, x, y) -> tuple[di
 
 def run(cfg: AuditConfig) -> dict:
     """Runs the audit and writes ``config.json``, ``metrics.jsonl``, ``splits.json``,
-    ``results.json`` and ``scores.npz`` into ``cfg.workdir``. Returns the results dict.
+    ``results.json``, ``scores.npz`` and the ROC figures into ``cfg.workdir``. Returns the
+    results dict.
 
     Raises:
       UserError: bad settings, missing/corrupt data, or a workdir of another run; raised before
@@ -216,7 +217,7 @@ def run(cfg: AuditConfig) -> dict:
     t0 = time.perf_counter()
     ft_cfg = dataclasses.replace(train_cfg, epochs=max(cfg.finetune_epochs, 1))
     ft_keys = jax.random.split(finetune_key, num_models)
-    if cfg.pruning == "none" or cfg.finetune_epochs == 0 and cfg.pruning != "imp":
+    if cfg.pruning == "none" or (cfg.finetune_epochs == 0 and cfg.pruning != "imp"):
         masks = pruning.make_masks("none" if cfg.pruning == "none" else cfg.pruning,
                                    pre.params, cfg.sparsity, ensemble=True)
         pruned = dataclasses.replace(pre, params=pruning.apply_masks(pre.params, masks),
@@ -252,7 +253,7 @@ def run(cfg: AuditConfig) -> dict:
     all_scores = {}
     for stage, res in (("unpruned", pre), ("pruned", pruned)):
         metrics_, acc, scores = attack_stage(cfg, model, res.params, res.model_state, res.masks,
-                                             ds, splits, ens.x, ens.y)
+                                             splits, ens.x, ens.y)
         results["attacks"][stage] = metrics_
         results["accuracy"][stage] = acc
         all_scores.update({f"{stage}/{k}": v for k, v in scores.items()})

@@ -1,4 +1,4 @@
-"""Attack registry: ``REGISTRY[name]()`` returns an :class:`Attack`."""
+"""Attack registry: ``REGISTRY[name](seed=...)`` returns an :class:`Attack`."""
 
 from jaxmia.attacks import classifier, threshold
 from jaxmia.attacks.base import Attack, Features  # noqa: F401

@@ -49,7 +49,9 @@ def best_threshold(member_values: np.ndarray, nonmember_values: np.ndarray) -> f
     return float(candidates[np.argmax(0.5 * (tpr + tnr))])
 
 
-def make(statistic: str) -> Attack:
+def make(statistic: str, seed: int = 0) -> Attack:
+    """The threshold attack on ``statistic`` (deterministic: ``seed`` is unused)."""
+    del seed  # Unused: threshold search draws nothing at random.
     feature, sign, classwise = STATISTICS[statistic]
 
     def fit(shadow: Features, is_member: np.ndarray):
