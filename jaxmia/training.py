@@ -1,8 +1,10 @@
 """The training loop, written once: an ensemble of K models trained together.
 
 Every model of an audit (target and shadows) is one slice of a params pytree with a leading model
-axis. One jitted call runs a whole epoch for all K models: ``vmap`` over the model axis of a
-``lax.scan`` over batches of the single-model ``train_step``. Each model has its own data subset
+axis. The single-model ``train_step`` is mapped over that axis: in the 'fused' mode one jitted call
+runs a whole epoch (``vmap`` over models of a ``lax.scan`` over batches); in the 'stepwise' mode,
+which XLA:CPU needs for conv models, one jitted call a batch (see ``TrainConfig.ensemble_mode``).
+Each model has its own data subset
 (an index matrix padded to a fixed shape plus a count, so no recompiles), its own random key and
 its own early-stopping state. A single model is the K = 1 case of the same code, which is what
 makes "K together == each alone" an exact property (tested).
@@ -426,7 +428,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         done=jnp.zeros((data.num_models,), bool))
     ckpt = Checkpointer(checkpoint_dir, cfg.checkpoint_every)
     start = 0
-    restored = ckpt.restore({"states": states, "es": es, "epoch": jnp.asarray(0, jnp.int32)})
+    restored = ckpt.restore(_snapshot(states, es, 0))
     if restored is not None:
         states, es, start = restored["states"], restored["es"], int(restored["epoch"])
 
@@ -457,12 +459,11 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
         bar.set_postfix(dev_acc=f"{float(np.mean(dev_acc)):.3f}")
-        ckpt.save(epochs_run, {"states": states, "es": es, "epoch": jnp.asarray(epochs_run, jnp.int32)})
+        ckpt.save(epochs_run, _snapshot(states, es, epochs_run))
         if stop_after is not None and epochs_run - start >= stop_after:
             ckpt.close()
             raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after={stop_after})")
-    ckpt.save(epochs_run, {"states": states, "es": es, "epoch": jnp.asarray(epochs_run, jnp.int32)},
-              force=True)
+    ckpt.save(epochs_run, _snapshot(states, es, epochs_run), force=True)
     ckpt.close()
     bar.close()
     if cfg.keep == "last":
@@ -472,6 +473,11 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     return FitResult(params=es.best_params, model_state=es.best_model_state, masks=masks,
                      best_epoch=np.asarray(es.best_epoch), best_dev_acc=np.asarray(es.best_acc),
                      epochs_run=epochs_run)
+
+
+def _snapshot(states: TrainState, es: EarlyStopState, epochs_done: int) -> dict:
+    """What a checkpoint holds: everything the next epoch depends on (keys derive from it)."""
+    return {"states": states, "es": es, "epoch": jnp.asarray(epochs_done, jnp.int32)}
 
 
 def _rounded(values) -> list[float]:
