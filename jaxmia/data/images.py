@@ -105,8 +105,8 @@ def load_fashion_mnist(data_dir: str | None) -> Dataset:
         parts[part] = _read_idx(found)
     x = np.concatenate([parts["train-images-idx3-ubyte"], parts["t10k-images-idx3-ubyte"]])
     y = np.concatenate([parts["train-labels-idx1-ubyte"], parts["t10k-labels-idx1-ubyte"]])
-    return make_dataset("fashion_mnist", x[..., None] / 255.0, y, 10, dirs[-1] if len(dirs) == 1
-                        else os.path.dirname(found), mean=(0.5,), std=(0.5,))
+    return make_dataset("fashion_mnist", x[..., None] / 255.0, y, 10, os.path.dirname(found),
+                        mean=(0.5,), std=(0.5,))
 
 
 _TFDS = {  # registry name -> (TFDS name, splits, classes, normalization, resize)
