@@ -36,9 +36,5 @@ def write_npz(path: str, **arrays) -> None:
     _atomic(path, lambda f: np.savez_compressed(f, **arrays))
 
 
-def write_text(path: str, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode()))
-
-
 def write_bytes(path: str, payload: bytes) -> None:
     _atomic(path, lambda f: f.write(payload))

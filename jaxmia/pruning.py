@@ -218,13 +218,12 @@ def iterative_magnitude(params: Params, sparsity: float, rounds: int,
     return params, masks
 
 
-def report(masks: Masks, params: Params | None = None) -> dict:
+def report(masks: Masks) -> dict:
     """Achieved sparsity: per prunable layer (kernels and BatchNorm scales), over all kernels
     (``overall``) and over all BatchNorm scales (``overall_bn_scales``, what slimming prunes).
 
     With a leading model axis the fractions are averaged over models.
     """
-    del params  # Unused: the masks alone fix the sparsity.
     layers, counts = {}, {"kernel": [0, 0], "bn": [0, 0]}
     for p, m in _flat(masks).items():
         m = np.asarray(m)
