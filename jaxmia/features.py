@@ -7,15 +7,26 @@ Definitions (Song & Mittal 2021, "Systematic evaluation of privacy risks of ML m
 - ``loss``: cross-entropy -log p_y.
 - ``entropy``: -sum_c p_c log p_c.
 - ``modified_entropy``: -(1 - p_y) log p_y - sum_{c != y} p_c log(1 - p_c).
-Logs are taken of probabilities clipped at 1e-30, as their code does.
+- ``logit_scaled``: log p_y - log sum_{y' != y} p_y' (LiRA's statistic), computed from the logits
+  as z_y - logsumexp_{y' != y} z_y', which stays finite when p_y rounds to 1 in float32.
+- ``sorted_probs``: the probabilities in descending order (``[..., :k]`` is the top-k vector).
+Logs of probabilities are taken of values clipped at 1e-30, as Song & Mittal's code does.
+
+``sensitivity`` / ``ensemble_sensitivity``: the pruning paper's prediction sensitivity.
 """
 
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
 
+from jaxmia import fastrand, pruning, training
+
 TINY = 1e-30
+NOISE = ("fast", "shared", "threefry")
 
 
 @jax.jit
@@ -38,31 +49,96 @@ def extract(logits: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
         "entropy": -jnp.sum(probs * log_p, axis=-1),
         "modified_entropy": mentr,
         "correct": (jnp.argmax(logits, -1) == labels),
+        "logit_scaled": logit_scaled(logits, labels),
+        "sorted_probs": -jnp.sort(-probs, axis=-1),
     }
 
 
+def logit_scaled(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """log p_y - log sum_{y' != y} p_y' = z_y - logsumexp_{y' != y} z_y' (float32, stable)."""
+    z = logits.astype(jnp.float32)
+    onehot = jax.nn.one_hot(labels, z.shape[-1], dtype=bool)
+    z_y = jnp.sum(jnp.where(onehot, z, 0.0), axis=-1)
+    return z_y - jax.nn.logsumexp(jnp.where(onehot, -jnp.inf, z), axis=-1)
+
+
 def sensitivity(logits_fn, x: jax.Array, key: jax.Array, num_samples: int = 10,
-                epsilon: float = 1e-3) -> jax.Array:
+                epsilon: float = 1e-3, noise: str = "fast", offset=0) -> jax.Array:
     """Prediction sensitivity as mia_prune's ``predict_target_sensitivity`` computes it.
 
     p = softmax(f(x)); for m = ``num_samples`` Gaussian directions u ~ N(0, I) in the (normalized)
     input space, sens = mean_m |softmax(f(x + eps u)) - p| / eps, one value per class. All m
-    perturbed copies go through ``logits_fn`` in one batch. "Sparsity can improve privacy" uses
-    m = 5, eps = 1e-3.
+    perturbed copies of the batch go through ``logits_fn`` in one call. "Sparsity can improve
+    privacy" uses m = 5, eps = 1e-3.
 
     Args:
       logits_fn: eval-mode logits of a batch, ``[B, ...] -> [B, C]``.
       x: inputs ``[B, ...]``.
-      key: PRNG key of this batch's perturbations (each example gets its own draws).
+      key: PRNG key of the perturbations.
       num_samples: m.
       epsilon: perturbation size.
+      noise: 'fast' (default): independent N(0, 1) draws per example and copy from
+        :mod:`jaxmia.fastrand`; example ``offset + b`` always gets the same draws, so chunking
+        does not change the result. 'shared': the same m directions for every example (draws
+        m * D normals instead of B * m * D; each example's feature has the same distribution,
+        but the examples' noises are no longer independent of each other). 'threefry': JAX's
+        default generator (slow on CPU), folded with ``offset``.
+      offset: the global row index of ``x[0]`` (for chunked calls).
 
     Returns:
-      ``[B, C]`` sensitivities.
+      ``[B, C]`` sensitivities (float32).
     """
+    if noise not in NOISE:
+        raise ValueError(f"unknown noise '{noise}'; choose one of {', '.join(NOISE)}")
+    b, shape = x.shape[0], x.shape[1:]
+    dim = math.prod(shape)
+    if noise == "fast":
+        u = fastrand.normal(key, (b, num_samples) + shape, x.dtype,
+                            offset=jnp.asarray(offset, jnp.uint32) * (num_samples * dim))
+    elif noise == "shared":
+        u = jnp.broadcast_to(fastrand.normal(key, (1, num_samples) + shape, x.dtype),
+                             (b, num_samples) + shape)
+    else:
+        u = jax.random.normal(jax.random.fold_in(key, offset), (b, num_samples) + shape, x.dtype)
     p = jax.nn.softmax(logits_fn(x).astype(jnp.float32), axis=-1)
-    u = jax.random.normal(key, (num_samples,) + x.shape, x.dtype)
-    perturbed = (x[None] + epsilon * u).reshape((-1,) + x.shape[1:])
+    perturbed = (x[:, None] + epsilon * u).reshape((b * num_samples,) + shape)
     q = jax.nn.softmax(logits_fn(perturbed).astype(jnp.float32), axis=-1)
-    q = q.reshape((num_samples,) + p.shape)
-    return jnp.mean(jnp.abs(q - p[None]), axis=0) / epsilon
+    q = q.reshape((b, num_samples) + p.shape[1:])
+    return jnp.mean(jnp.abs(q - p[:, None]), axis=1) / epsilon
+
+
+@functools.lru_cache(maxsize=16)
+def _ensemble_fn(model, mode: str, num_samples: int, epsilon: float, noise: str):
+    def one(params, state, masks, rows, key, offset, x_all):
+        live = pruning.apply_masks(params, masks)
+        return sensitivity(lambda x: model.apply(live, state, x, train=False)[0], x_all[rows],
+                           key, num_samples, epsilon, noise, offset)
+
+    axes = (0, 0, 0, 0, 0, None, None)
+    if mode == "fused":
+        return jax.jit(jax.vmap(one, in_axes=axes))
+    return jax.jit(training.unrolled_models(one, axes))
+
+
+def ensemble_sensitivity(model, params, model_state, masks, x_all, idx, key: jax.Array, *,
+                         num_samples: int = 10, epsilon: float = 1e-3, noise: str = "fast",
+                         chunk: int | None = None, mode: str = "auto") -> jax.Array:
+    """Sensitivity of every model of an ensemble on its own rows: ``idx [K, n] -> [K, n, C]``.
+
+    One jitted call per chunk of rows computes all K models (vmapped, or unrolled for conv models
+    on CPU; see ``training.TrainConfig.ensemble_mode``); ``chunk`` rows at a time bound the memory
+    to ``K * chunk * num_samples`` perturbed inputs (default: ~2^24 input values per model).
+    Model k draws from ``fold_in(key, k)``, and with the default noise its result does not
+    depend on ``chunk``.
+    """
+    mode = training.resolve_ensemble_mode(mode, params)
+    num_models, n = idx.shape
+    dim = math.prod(x_all.shape[1:])
+    chunk = chunk or max(1, min(n, 2**24 // (num_samples * dim)))
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(num_models))
+    fn = _ensemble_fn(model, mode, num_samples, float(epsilon), noise)
+    num_chunks = -(-n // chunk)
+    padded = jnp.pad(jnp.asarray(idx), ((0, 0), (0, num_chunks * chunk - n)))
+    out = [fn(params, model_state, masks, padded[:, c * chunk:(c + 1) * chunk], keys,
+              jnp.uint32(c * chunk), x_all) for c in range(num_chunks)]
+    return jnp.concatenate(out, axis=1)[:, :n]

@@ -62,9 +62,30 @@ class TrainConfig:
     # (jax-ml/jax#12868) and vmapped convolutions become slow grouped convolutions; the numbers are
     # in BUILD_NOTES.md. Both modes draw the same keys and batches and give the same result.
     ensemble_mode: str = "auto"
+    # 'cross_entropy' (logits [B, C], integer labels) or 'sigmoid_mse' (one logit z [B, 1],
+    # labels {0, 1}, loss (sigmoid(z) - y)^2: the GRIP paper's attack model).
+    loss: str = "cross_entropy"
 
 
 MODES = ("auto", "fused", "stepwise")
+
+
+def _cross_entropy(logits, y):
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+
+def _sigmoid_mse(logits, y):
+    return jnp.square(jax.nn.sigmoid(logits[..., 0]) - y)
+
+
+def predicted_class(logits):
+    """The class a model predicts: argmax, or ``z >= 0`` for a one-logit (sigmoid) model."""
+    if logits.shape[-1] == 1:
+        return (logits[..., 0] >= 0).astype(jnp.int32)
+    return jnp.argmax(logits, -1)
+
+
+LOSSES = {"cross_entropy": _cross_entropy, "sigmoid_mse": _sigmoid_mse}
 
 
 def resolve_ensemble_mode(mode: str, params: Params) -> str:
@@ -169,23 +190,27 @@ def _select(pred, new, old):
 
 
 def make_train_step(model: Model, tx: optax.GradientTransformation,
-                    regularizer: Regularizer | None = None):
+                    regularizer: Regularizer | None = None, loss: str = "cross_entropy"):
     """Returns the pure single-model ``step(state, x, y, weight, key) -> (state, metrics)``.
 
-    ``weight`` is 1 for real rows and 0 for padding; the loss is the weighted mean cross-entropy
-    (plus ``regularizer(params)``). A batch with no real rows leaves the state unchanged. Updated
+    ``weight`` is 1 for real rows and 0 for padding; the loss is the weighted mean of ``loss``
+    (a ``LOSSES`` name, cross-entropy by default), plus ``regularizer(params)``. A batch with no real rows leaves the state unchanged. Updated
     params are multiplied by the masks, so pruned weights stay exactly zero.
     """
+
+    if loss not in LOSSES:
+        raise UserError(f"unknown loss '{loss}'; choose one of {', '.join(LOSSES)}")
+    loss_of = LOSSES[loss]
 
     def loss_fn(params, state, x, y, weight, key):
         logits, new_model_state = model.apply(pruning.apply_masks(params, state.masks),
                                               state.model_state, x, train=True, key=key)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        loss = jnp.sum(weight * ce) / jnp.maximum(jnp.sum(weight), 1.0)
+        per_example = loss_of(logits, y)
+        total = jnp.sum(weight * per_example) / jnp.maximum(jnp.sum(weight), 1.0)
         if regularizer is not None:
-            loss = loss + regularizer(params)
-        correct = jnp.sum(weight * (jnp.argmax(logits, -1) == y))
-        return loss, (new_model_state, correct)
+            total = total + regularizer(params)
+        correct = jnp.sum(weight * (predicted_class(logits) == y))
+        return total, (new_model_state, correct)
 
     def step(state: TrainState, x, y, weight, key):
         (loss, (model_state, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -209,14 +234,14 @@ def _epoch_order(key, n_valid, n_max):
 
 
 def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | None = None,
-                  mode: str = "fused"):
+                  mode: str = "fused", loss: str = "cross_entropy"):
     """Returns the ensemble epoch ``(states, es, data, keys) -> (states, metrics)``.
 
     Model k shuffles its own rows with ``keys[k]`` and takes ``ceil(n_max / batch_size)`` steps
     (padding rows carry no weight; a model that has stopped early takes none). ``mode`` is
     'fused' or 'stepwise' (see ``TrainConfig.ensemble_mode``); both compute the same thing.
     """
-    step = make_train_step(model, tx, regularizer)
+    step = make_train_step(model, tx, regularizer, loss)
 
     def plan(done, idx, n, key):
         """One model's epoch: row positions and weights of every batch, and its step key."""
@@ -302,7 +327,7 @@ def predict_logits(model: Model, params, model_state, masks, x_all, idx, chunk: 
 def accuracy(logits, y, n):
     """Per-model accuracy over the first ``n[k]`` rows: logits [K, m, C], y [K, m]."""
     valid = jnp.arange(y.shape[1])[None, :] < n[:, None]
-    correct = (jnp.argmax(logits, -1) == y) & valid
+    correct = (predicted_class(logits) == y) & valid
     return correct.sum(1) / jnp.maximum(n, 1)
 
 
@@ -375,7 +400,7 @@ def _compiled(model: Model, cfg: TrainConfig, regularizer: Regularizer | None,
     """The epoch and evaluation functions, built once per (model, config, regularizer, steps);
     ``cfg.ensemble_mode`` is already resolved to 'fused' or 'stepwise'."""
     epoch_fn = make_epoch_fn(model, make_optimizer(cfg, steps_per_epoch), cfg.batch_size,
-                             regularizer, cfg.ensemble_mode)
+                             regularizer, cfg.ensemble_mode, cfg.loss)
     update = jax.jit(_early_stop_update, static_argnums=(4,))
 
     def evaluate(states, es, epoch, data):

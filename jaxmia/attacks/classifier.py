@@ -40,29 +40,41 @@ def attack_inputs(kind: str, f: Features) -> np.ndarray:
     return np.concatenate([p, onehot], axis=-1)
 
 
+def train(module, x: np.ndarray, y: np.ndarray, config: training.TrainConfig, seed: int,
+          name: str):
+    """Trains the Flax ``module`` on attack inputs ``x`` and membership labels ``y`` through the
+    library's training loop; returns the state ``predict`` takes."""
+    model = from_linen(module, x.shape[1:], name)
+    init_key, train_key = jax.random.split(jax.random.key(seed))
+    params, state = training.init_ensemble(model, init_key[None])
+    everything = np.arange(len(x))
+    # keep='last' and no patience: the dev set selects nothing, so one row stands in for it.
+    data = training.make_ensemble_data(np.asarray(x, np.float32), np.asarray(y, np.int32),
+                                       [everything], [everything[:1]])
+    res = training.fit(model, params, state, pruning.ones_like(params), data, config,
+                       train_key[None], stage=name)
+    return model, res
+
+
+def predict(trained, x: np.ndarray) -> np.ndarray:
+    """Eval-mode logits ``[n, outputs]`` (float64) of a model from :func:`train`."""
+    model, res = trained
+    x = jax.numpy.asarray(x, jax.numpy.float32)
+    idx = jax.numpy.arange(len(x))[None]
+    logits = training.predict_logits(model, res.params, res.model_state, res.masks, x, idx)
+    return np.asarray(logits[0], np.float64)
+
+
 def make(kind: str, seed: int = 0, config: training.TrainConfig = TRAIN) -> Attack:
     """A classifier attack on ``kind`` inputs; ``seed`` fixes its init, dropout and shuffling."""
 
     def fit(shadow: Features, is_member: np.ndarray):
-        x = attack_inputs(kind, shadow)
-        y = np.asarray(is_member, np.int32)
-        model = from_linen(mlp.MLP(2, hidden=(512, 256, 128), dropout=0.2, dropout_layers=2),
-                           x.shape[1:], f"attack_{kind}")
-        init_key, train_key = jax.random.split(jax.random.key(seed))
-        params, state = training.init_ensemble(model, init_key[None])
-        everything = np.arange(len(x))
-        # keep='last' and no patience: the dev set selects nothing, so one row stands in for it.
-        data = training.make_ensemble_data(x, y, [everything], [everything[:1]])
-        res = training.fit(model, params, state, pruning.ones_like(params), data, config,
-                           train_key[None], stage=f"attack_{kind}")
-        return model, res
+        module = mlp.MLP(2, hidden=(512, 256, 128), dropout=0.2, dropout_layers=2)
+        return train(module, attack_inputs(kind, shadow), is_member, config, seed,
+                     f"attack_{kind}")
 
     def score(state, target: Features) -> np.ndarray:
-        model, res = state
-        x = jax.numpy.asarray(attack_inputs(kind, target))
-        idx = jax.numpy.arange(len(x))[None]
-        logits = training.predict_logits(model, res.params, res.model_state, res.masks, x, idx)
-        logits = np.asarray(logits[0], np.float64)
+        logits = predict(state, attack_inputs(kind, target))
         return logits[:, 1] - logits[:, 0]
 
     return Attack(fit=fit, score=score, name=kind)

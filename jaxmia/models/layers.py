@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
+from jaxmia import fastrand
 from jaxmia.errors import UserError
 
 NORMS = ("batch", "group", "none")
@@ -53,3 +54,17 @@ def max_pool_2x2(x):
     b, h, w, c = x.shape
     x = x[:, : h // 2 * 2, : w // 2 * 2]
     return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
+class Dropout(nn.Module):
+    """Inverted dropout (PyTorch semantics) whose mask comes from :mod:`jaxmia.fastrand`:
+    the same distribution as ``nn.Dropout`` at a fraction of threefry's cost on CPU."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        if not train or self.rate == 0.0:
+            return x
+        keep = fastrand.bernoulli(self.make_rng("dropout"), 1.0 - self.rate, x.shape)
+        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))

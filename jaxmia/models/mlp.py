@@ -21,7 +21,7 @@ class MLP(nn.Module):
         for i, width in enumerate(self.hidden):
             x = nn.relu(layers.dense(width, name=f"Dense_{i}")(x))
             if self.dropout_layers is None or i < self.dropout_layers:
-                x = nn.Dropout(self.dropout, deterministic=not train)(x)
+                x = layers.Dropout(self.dropout)(x, train)
         return layers.dense(self.num_classes, name=f"Dense_{len(self.hidden)}")(x)
 
 

@@ -27,7 +27,7 @@ class VGG(nn.Module):
                 x = nn.relu(layers.Norm(self.norm)(layers.conv(v, bias=True)(x), train))
         x = jnp.mean(x, axis=(1, 2))
         for _ in range(2):
-            x = nn.Dropout(0.5, deterministic=not train)(nn.relu(layers.dense(4096)(x)))
+            x = layers.Dropout(0.5)(nn.relu(layers.dense(4096)(x)), train)
         return layers.dense(self.num_classes)(x)
 
 

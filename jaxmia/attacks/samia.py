@@ -1,0 +1,115 @@
+"""SAMIA: the self-attention membership inference attack of the pruning paper (Yuan & Zhang,
+USENIX Security 2022), as the authors' code builds it.
+
+Input: [p (C), sensitivity (C), one-hot y (C)] -> BatchNorm over the 3C values -> C tokens, token
+c being the triple (p_c, sens_c, onehot_c) (the three blocks stacked along a last axis of size 3,
+not a row-major reshape of the 3C vector) -> Linear(3 -> 64) + GELU -> 3 post-LayerNorm
+Transformer encoder layers (d = 64, 4 heads, feed-forward 128, dropout 0.2, GELU, no positional
+encoding) -> flatten C * 64 -> Linear(64) + ReLU -> Linear(2).
+Training: SGD (momentum 0.9, lr 1e-3, weight decay 5e-4), batch 128, 100 epochs, lr x0.1 at epochs
+50 and 75, cross-entropy, last epoch kept. Score: logit(member) - logit(non-member).
+
+The released code's Xavier init skips the attention projections, so its three encoder layers
+start with identical attention weights; that is an init quirk, not part of the method, and here
+every layer draws its own weights (Xavier-uniform, PyTorch's own default for attention).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxmia.attacks import classifier
+from jaxmia.attacks.base import Attack, Features
+from jaxmia.models import layers
+
+D_MODEL, HEADS, FEED_FORWARD, LAYERS, DROPOUT = 64, 4, 128, 3, 0.2
+_dense = nn.initializers.xavier_uniform()
+
+
+def _gelu(x):
+    return nn.gelu(x, approximate=False)  # PyTorch's default GELU is the exact one.
+
+
+class SelfAttention(nn.Module):
+    """PyTorch ``MultiheadAttention`` (dropout on the attention weights) as self-attention."""
+
+    @nn.compact
+    def __call__(self, h, train: bool):
+        b, t, _ = h.shape
+        d_head = D_MODEL // HEADS
+
+        def heads(name):  # [B, T, D] -> [B * heads, T, d_head]
+            z = nn.Dense(D_MODEL, kernel_init=_dense, name=name)(h)
+            return z.reshape(b, t, HEADS, d_head).transpose(0, 2, 1, 3).reshape(-1, t, d_head)
+
+        q, k, v = heads("query"), heads("key"), heads("value")
+        # Batched matmuls over B * heads: the fastest layout measured on XLA:CPU.
+        logits = jax.lax.batch_matmul(q, k.swapaxes(-1, -2)) / jnp.sqrt(float(d_head))
+        weights = layers.Dropout(DROPOUT)(jax.nn.softmax(logits, axis=-1), train)
+        out = jax.lax.batch_matmul(weights, v).reshape(b, HEADS, t, d_head)
+        out = out.transpose(0, 2, 1, 3).reshape(b, t, D_MODEL)
+        return nn.Dense(D_MODEL, kernel_init=_dense, name="out")(out)
+
+
+class EncoderLayer(nn.Module):
+    """PyTorch ``TransformerEncoderLayer(norm_first=False, activation='gelu')``."""
+
+    @nn.compact
+    def __call__(self, h, train: bool):
+        attn = SelfAttention()(h, train)
+        h = nn.LayerNorm(epsilon=1e-5)(h + layers.Dropout(DROPOUT)(attn, train))
+        ff = layers.Dropout(DROPOUT)(_gelu(nn.Dense(FEED_FORWARD, kernel_init=_dense)(h)), train)
+        ff = nn.Dense(D_MODEL, kernel_init=_dense)(ff)
+        return nn.LayerNorm(epsilon=1e-5)(h + layers.Dropout(DROPOUT)(ff, train))
+
+
+class SAMIA(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        c = self.num_classes
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+        tokens = x.reshape(x.shape[0], 3, c).transpose(0, 2, 1)  # [B, C, 3]: (p_c, s_c, y_c)
+        h = _gelu(nn.Dense(D_MODEL, kernel_init=_dense)(tokens))
+        for _ in range(LAYERS):
+            h = EncoderLayer()(h, train)
+        h = nn.relu(nn.Dense(D_MODEL, kernel_init=_dense)(h.reshape(h.shape[0], c * D_MODEL)))
+        return nn.Dense(2, kernel_init=_dense)(h)
+
+
+def num_parameters(num_classes: int) -> int:
+    """PyTorch's count for the same layers (hand-derived; the test checks the Flax model)."""
+    bn = 2 * 3 * num_classes
+    embed = 3 * D_MODEL + D_MODEL
+    attention = 4 * (D_MODEL * D_MODEL + D_MODEL)  # q, k, v and output projections
+    feed_forward = (D_MODEL * FEED_FORWARD + FEED_FORWARD) + (FEED_FORWARD * D_MODEL + D_MODEL)
+    layer = attention + feed_forward + 2 * 2 * D_MODEL
+    head = (num_classes * D_MODEL * D_MODEL + D_MODEL) + (D_MODEL * 2 + 2)
+    return bn + embed + LAYERS * layer + head
+
+
+def attack_inputs(f: Features) -> np.ndarray:
+    """[p, sensitivity, one-hot y] as one ``[n, 3C]`` array."""
+    p = np.asarray(f["probs"], np.float32)
+    onehot = np.eye(p.shape[-1], dtype=np.float32)[np.asarray(f["labels"])]
+    return np.concatenate([p, np.asarray(f["sensitivity"], np.float32), onehot], axis=-1)
+
+
+def make(seed: int = 0, config=classifier.TRAIN) -> Attack:
+    def fit(shadow: Features, is_member: np.ndarray):
+        module = SAMIA(num_classes=shadow["probs"].shape[-1])
+        return classifier.train(module, attack_inputs(shadow), is_member, config, seed,
+                                "attack_samia")
+
+    def score(state, target: Features) -> np.ndarray:
+        logits = classifier.predict(state, attack_inputs(target))
+        return logits[:, 1] - logits[:, 0]
+
+    return Attack(fit=fit, score=score, name="samia")
+
+
+REGISTRY = {"samia": make}
