@@ -51,7 +51,20 @@ flags.DEFINE_string("imp_method", D.imp_method, "--pruning=imp: criterion of eac
 flags.DEFINE_bool("imp_rewind", D.imp_rewind, "--pruning=imp: rewind survivors to their "
                   "initialization before each retraining (lottery ticket)")
 flags.DEFINE_float("slim_l1", D.slim_l1, "--pruning=slim: L1-on-gamma sparsity-training strength")
-flags.DEFINE_list("attacks", list(D.attacks), f"attacks to run: {', '.join(attacks.REGISTRY)}")
+flags.DEFINE_list("attacks", list(D.attacks), "attacks to run: the sets "
+                  f"{', '.join(attacks.SETS)} or names: {', '.join(attacks.REGISTRY)}")
+flags.DEFINE_integer("sensitivity_samples", D.sensitivity_samples, "Gaussian perturbations per "
+                     "example of the sensitivity feature (0: skip it)")
+flags.DEFINE_float("sensitivity_epsilon", D.sensitivity_epsilon, "perturbation size")
+flags.DEFINE_string("sensitivity_noise", D.sensitivity_noise, "fast | shared | threefry")
+flags.DEFINE_integer("label_only_examples", D.label_only_examples, "rows per split and model "
+                     "that the label-only attacks query")
+flags.DEFINE_integer("blindmi_reference", D.blindmi_reference, "generated non-members for BlindMI")
+flags.DEFINE_integer("attack_epochs", None, "train every classifier attack this many epochs "
+                     "(default: each paper's: 100, GRIP 300, sparsity discriminators 80)")
+flags.DEFINE_string("shadow_pruning", None, "unknown pruning knowledge: prune the shadows with "
+                    "this method instead (default: the target's)")
+flags.DEFINE_float("shadow_sparsity", None, "unknown pruning knowledge: shadow sparsity")
 flags.DEFINE_string("data_dir", None, "data folder (default: $JAXMIA_DATA_DIR)")
 flags.DEFINE_string("workdir", None, "output folder (default: workdir/<dataset>_<model>_"
                     "<pruning><sparsity>_s<seed>)")
@@ -69,7 +82,12 @@ def main(argv):
         finetune_epochs=FLAGS.finetune_epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
         weight_decay=FLAGS.weight_decay, patience=FLAGS.patience, seed=FLAGS.seed,
         imp_rounds=FLAGS.imp_rounds, imp_method=FLAGS.imp_method, imp_rewind=FLAGS.imp_rewind,
-        slim_l1=FLAGS.slim_l1, attacks=tuple(FLAGS.attacks), data_dir=FLAGS.data_dir,
+        slim_l1=FLAGS.slim_l1, attacks=tuple(FLAGS.attacks),
+        sensitivity_samples=FLAGS.sensitivity_samples,
+        sensitivity_epsilon=FLAGS.sensitivity_epsilon, sensitivity_noise=FLAGS.sensitivity_noise,
+        label_only_examples=FLAGS.label_only_examples, blindmi_reference=FLAGS.blindmi_reference,
+        attack_epochs=FLAGS.attack_epochs, shadow_pruning=FLAGS.shadow_pruning, shadow_sparsity=FLAGS.shadow_sparsity,
+        data_dir=FLAGS.data_dir,
         workdir=FLAGS.workdir or "", checkpoint_every=FLAGS.checkpoint_every)
     try:
         if not cfg.workdir:

@@ -45,7 +45,15 @@ class AuditConfig:
     imp_method: str = "l1_unstructured"
     imp_rewind: bool = False
     slim_l1: float = 0.0
-    attacks: tuple[str, ...] = attacks.AUDIT_DEFAULT
+    attacks: tuple[str, ...] = ("all",)  # names, or the sets 'all', 'paper', 'threshold'
+    sensitivity_samples: int = 10  # m of the sensitivity feature; 0 skips it (and SAMIA)
+    sensitivity_epsilon: float = 1e-3
+    sensitivity_noise: str = "fast"  # see features.sensitivity
+    label_only_examples: int = 500  # per split and model, for the label-only attacks
+    blindmi_reference: int = 200  # generated non-members BlindMI compares against
+    attack_epochs: int | None = None  # None: each classifier attack's own (paper) epochs
+    shadow_pruning: str | None = None  # unknown pruning knowledge: shadows pruned otherwise
+    shadow_sparsity: float | None = None
     data_dir: str | None = None
     workdir: str = "workdir/audit"
     checkpoint_every: int = 1
@@ -60,7 +68,9 @@ class AuditConfig:
     def fingerprint(self) -> dict:
         """The settings a checkpoint depends on (paths and attack choice excluded)."""
         d = dataclasses.asdict(self.resolved())
-        for k in ("data_dir", "workdir", "attacks", "checkpoint_every"):
+        for k in ("data_dir", "workdir", "attacks", "checkpoint_every", "sensitivity_samples",
+                  "sensitivity_epsilon", "sensitivity_noise", "label_only_examples",
+                  "blindmi_reference", "attack_epochs"):
             d.pop(k)
         return d
 
@@ -88,11 +98,59 @@ def validate(cfg: AuditConfig) -> AuditConfig:
             raise UserError(f"--{name} must be >= {low}, got {value}")
     if not cfg.lr > 0 or cfg.weight_decay < 0 or cfg.slim_l1 < 0:
         raise UserError("--lr must be > 0 and --weight_decay, --slim_l1 must be >= 0")
-    unknown = [a for a in cfg.attacks if a not in attacks.REGISTRY]
-    if unknown:
-        raise UserError(f"unknown attack(s) {', '.join(unknown)}; choose from "
-                        f"{', '.join(attacks.REGISTRY)}")
+    cfg = dataclasses.replace(cfg, attacks=expand_attacks(cfg))
+    if cfg.sensitivity_samples < 0 or not cfg.sensitivity_epsilon > 0:
+        raise UserError("--sensitivity_samples must be >= 0 and --sensitivity_epsilon > 0")
+    if cfg.sensitivity_noise not in features.NOISE:
+        raise UserError(f"unknown --sensitivity_noise '{cfg.sensitivity_noise}'; choose one of "
+                        f"{', '.join(features.NOISE)}")
+    needs = [a for a in cfg.attacks if a in attacks.NEEDS_SENSITIVITY]
+    if needs and cfg.sensitivity_samples == 0:
+        raise UserError(f"attack(s) {', '.join(needs)} need the sensitivity feature; drop them "
+                        "or set --sensitivity_samples >= 1")
+    if cfg.attack_epochs is not None and cfg.attack_epochs < 1:
+        raise UserError(f"--attack_epochs must be >= 1, got {cfg.attack_epochs}")
+    if cfg.label_only_examples < 1 or cfg.blindmi_reference < 2:
+        raise UserError("--label_only_examples must be >= 1 and --blindmi_reference >= 2")
+    if cfg.shadow_pruning is not None and cfg.shadow_pruning not in pruning.METHODS:
+        raise UserError(f"unknown --shadow_pruning '{cfg.shadow_pruning}'; choose one of "
+                        f"{', '.join(pruning.METHODS)}")
+    if cfg.shadow_sparsity is not None:
+        pruning.check_sparsity(cfg.shadow_sparsity)
+    if unknown_knowledge(cfg) and cfg.pruning in ("imp", "none"):
+        raise UserError("--shadow_pruning/--shadow_sparsity need a one-shot --pruning method")
     return cfg
+
+
+def is_image(dataset: str) -> bool:
+    return dataset not in data.TABULAR
+
+
+def expand_attacks(cfg: AuditConfig) -> tuple[str, ...]:
+    """Attack names with the sets ('all', 'paper', 'threshold') expanded; 'all' leaves out the
+    label-only attacks on tabular data, where they are not defined."""
+    out = []
+    for name in cfg.attacks:
+        if name in attacks.SETS:
+            out += [a for a in attacks.SETS[name]
+                    if name != "all" or is_image(cfg.dataset) or a not in attacks.LABEL_ONLY]
+        elif name in attacks.REGISTRY:
+            out.append(name)
+        else:
+            raise UserError(f"unknown attack '{name}'; choose from {', '.join(attacks.SETS)}, "
+                            f"{', '.join(attacks.REGISTRY)}")
+    label_only = [a for a in out if a in attacks.LABEL_ONLY]
+    if label_only and not is_image(cfg.dataset):
+        raise UserError(f"label-only attack(s) {', '.join(label_only)} need an image dataset; "
+                        f"{cfg.dataset} is tabular")
+    return tuple(dict.fromkeys(out))
+
+
+def unknown_knowledge(cfg: AuditConfig) -> bool:
+    """Whether the shadows are pruned differently from the target (paper §5.2.5)."""
+    return ((cfg.shadow_pruning or cfg.pruning) != cfg.pruning
+            or (cfg.shadow_sparsity if cfg.shadow_sparsity is not None else cfg.sparsity)
+            != cfg.sparsity)
 
 
 def check_workdir(cfg: AuditConfig) -> None:
@@ -119,12 +177,17 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _model_features(model, params, state, masks, x, y, idx_lists):
-    """Features of each model on its own rows: dict of [K, n_max] (+ counts)."""
+def _model_features(cfg, model, params, state, masks, x, y, idx_lists, key):
+    """Features of each model on its own rows: dict of [K, n_max, ...] (+ counts)."""
     idx, n = training.pad_indices(idx_lists)
-    logits = training.predict_logits(model, params, state, masks, x, jnp.asarray(idx))
-    feats = jax.device_get(features.extract(logits, y[jnp.asarray(idx)]))
+    idx_j = jnp.asarray(idx)
+    logits = training.predict_logits(model, params, state, masks, x, idx_j)
+    feats = jax.device_get(features.extract(logits, y[idx_j]))
     feats["labels"] = np.asarray(y)[idx]
+    if cfg.sensitivity_samples:
+        feats["sensitivity"] = np.asarray(features.ensemble_sensitivity(
+            model, params, state, masks, x, idx_j, key, num_samples=cfg.sensitivity_samples,
+            epsilon=cfg.sensitivity_epsilon, noise=cfg.sensitivity_noise))
     return feats, n
 
 
@@ -133,33 +196,119 @@ def _gather(feats, n, models_):
     return {k: np.concatenate([v[m, : n[m]] for m in models_]) for k, v in feats.items()}
 
 
-def attack_stage(cfg, model, params, state, masks, splits, x, y) -> tuple[dict, dict, dict]:
-    """Runs every attack for one stage; returns (metrics, accuracies, per-example scores).
+def _one_model(tree, k):
+    return jax.tree.map(lambda a: a[k:k + 1], tree)
+
+
+def _label_predictor(model, params, state, masks, k, chunk=512):
+    """Model k's predicted labels of a host batch: the only access label-only attacks have."""
+    p, s, m = _one_model(params, k), _one_model(state, k), _one_model(masks, k)
+    rows = jnp.arange(chunk)[None]
+
+    def predict(xb):
+        out = []
+        for i in range(0, len(xb), chunk):
+            part = np.asarray(xb[i:i + chunk], np.float32)
+            padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:],
+                                                    np.float32)])
+            logits = training.predict_logits(model, p, s, m, jnp.asarray(padded), rows, chunk)
+            out.append(np.asarray(jnp.argmax(logits[0], -1))[: len(part)])
+        return np.concatenate(out)
+
+    return predict
+
+
+def _reference_features(cfg, model, params, state, masks, x, source_rows):
+    """Model 0's features on BlindMI's generated non-members (labels: its own predictions)."""
+    gen = attacks.blindmi.generate_inputs(np.asarray(x)[source_rows], cfg.blindmi_reference,
+                                          cfg.seed)
+    idx = jnp.arange(len(gen))[None]
+    logits = training.predict_logits(model, _one_model(params, 0), _one_model(state, 0),
+                                     _one_model(masks, 0), jnp.asarray(gen), idx)[0]
+    return jax.device_get(features.extract(logits, jnp.argmax(logits, -1)))
+
+
+def _label_only_features(cfg, model, params, state, masks, x, y, idx_lists):
+    """Label-only features of each model on (at most ``label_only_examples`` of) its rows."""
+    rng = np.random.default_rng(cfg.seed)
+    out = []
+    for k, rows in enumerate(idx_lists):
+        rows = np.asarray(rows)
+        rows = np.sort(rng.permutation(rows)[: cfg.label_only_examples])
+        f = attacks.label_only.query_features(
+            _label_predictor(model, params, state, masks, k), np.asarray(x)[rows],
+            np.asarray(y)[rows], cfg.seed + k)
+        out.append(f)
+    return out
+
+
+def attack_stage(cfg, model, params, state, masks, model_splits, x, y, key,
+                 shadow_models=None) -> dict:
+    """Runs every attack for one stage; returns metrics, accuracies, gaps, scores and features.
 
     Attacks are fit on the shadows' features (members: their train rows, non-members: their
-    test rows, all shadows concatenated) and score the target's train and test rows.
+    test rows, all shadows concatenated) and score the target's train and test rows. Model 0 is
+    the target; ``shadow_models`` (default: all others) are the shadows. ``model_splits[k]`` is
+    model k's split.
     """
-    train_f, train_n = _model_features(model, params, state, masks, x, y,
-                                       [s.train for s in splits])
-    test_f, test_n = _model_features(model, params, state, masks, x, y, [s.test for s in splits])
-    shadows = range(1, len(splits))
+    t_start = time.perf_counter()
+    shadows = list(shadow_models or range(1, len(model_splits)))
+    train_key, test_key = jax.random.split(key)
+    train_lists = [s.train for s in model_splits]
+    test_lists = [s.test for s in model_splits]
+    train_f, train_n = _model_features(cfg, model, params, state, masks, x, y, train_lists,
+                                       train_key)
+    test_f, test_n = _model_features(cfg, model, params, state, masks, x, y, test_lists, test_key)
     s_in, s_out = _gather(train_f, train_n, shadows), _gather(test_f, test_n, shadows)
     t_in, t_out = _gather(train_f, train_n, [0]), _gather(test_f, test_n, [0])
-    shadow = {k: np.concatenate([s_in[k], s_out[k]]) for k in s_in}
-    shadow_member = np.r_[np.ones(len(s_in["labels"]), bool), np.zeros(len(s_out["labels"]), bool)]
-    target = {k: np.concatenate([t_in[k], t_out[k]]) for k in t_in}
-    is_member = np.r_[np.ones(len(t_in["labels"]), bool), np.zeros(len(t_out["labels"]), bool)]
+
+    def join(a, b):
+        return ({k: np.concatenate([a[k], b[k]]) for k in a},
+                np.r_[np.ones(len(next(iter(a.values()))), bool),
+                      np.zeros(len(next(iter(b.values()))), bool)])
+
+    shadow, shadow_member = join(s_in, s_out)
+    target, is_member = join(t_in, t_out)
+    if any(a in attacks.NEEDS_REFERENCE for a in cfg.attacks):
+        attacker_rows = np.unique(np.concatenate([np.r_[model_splits[k].train,
+                                                        model_splits[k].test] for k in shadows]))
+        target["reference"] = _reference_features(cfg, model, params, state, masks, x,
+                                                  attacker_rows)
+    label_only = [a for a in cfg.attacks if a in attacks.LABEL_ONLY]
+    seconds = {}
+    if label_only:
+        t0 = time.perf_counter()
+        lo_in = _label_only_features(cfg, model, params, state, masks, x, y, train_lists)
+        lo_out = _label_only_features(cfg, model, params, state, masks, x, y, test_lists)
+        lo_shadow, lo_shadow_member = join(*(
+            {k: np.concatenate([lo[m][k] for m in shadows]) for k in lo[0]}
+            for lo in (lo_in, lo_out)))
+        lo_target, lo_member = join(lo_in[0], lo_out[0])
+        seconds["label_only_queries"] = round(time.perf_counter() - t0, 2)
     results, scores = {}, {"is_member": is_member}
+    seconds["features"] = round(time.perf_counter() - t_start, 2)
     for name in cfg.attacks:
-        attack = attacks.REGISTRY[name](seed=cfg.seed)
-        s = attack.score(attack.fit(shadow, shadow_member), target)
-        results[name] = metrics.summarize_with_ci(s, is_member, seed=cfg.seed)
-        scores[name] = s
+        t0 = time.perf_counter()
+        extra = ({"epochs": cfg.attack_epochs}
+                 if name in attacks.CLASSIFIERS and cfg.attack_epochs else {})
+        attack = attacks.REGISTRY[name](seed=cfg.seed, **extra)
+        if name in attacks.LABEL_ONLY:
+            s = attack.score(attack.fit(lo_shadow, lo_shadow_member), lo_target)
+            results[name] = metrics.summarize_with_ci(s, lo_member, seed=cfg.seed)
+            results[name]["num_examples"] = int(len(s))
+            scores[name], scores[f"{name}/is_member"] = s, lo_member
+        else:
+            s = attack.score(attack.fit(shadow, shadow_member), target)
+            results[name] = metrics.summarize_with_ci(s, is_member, seed=cfg.seed)
+            scores[name] = s
+        seconds[name] = round(time.perf_counter() - t0, 2)
     acc = {"target_train_acc": float(t_in["correct"].mean()),
            "target_test_acc": float(t_out["correct"].mean()),
            "shadow_train_acc": float(s_in["correct"].mean()),
            "shadow_test_acc": float(s_out["correct"].mean())}
-    return results, acc, scores
+    return {"attacks": results, "accuracy": acc,
+            "gaps": metrics.gaps(t_in, t_out, target["probs"].shape[-1]),
+            "scores": scores, "target_features": (t_in, t_out), "seconds": seconds}
 
 
 def run(cfg: AuditConfig) -> dict:
@@ -193,7 +342,7 @@ def run(cfg: AuditConfig) -> dict:
     ckpt = os.path.join(cfg.workdir, "ckpt")
 
     root = jax.random.key(cfg.seed)
-    init_key, train_key, finetune_key = jax.random.split(root, 3)
+    init_key, train_key, finetune_key, attack_key = jax.random.split(root, 4)
     num_models = 1 + cfg.num_shadows
     ens = training.make_ensemble_data(ds.x, ds.y, [s.train for s in splits],
                                       [s.dev for s in splits])
@@ -240,23 +389,51 @@ def run(cfg: AuditConfig) -> dict:
         pruned = results_by_round[cfg.imp_rounds - 1]
     else:
         masks = pruning.make_masks(cfg.pruning, pre.params, cfg.sparsity, ensemble=True)
+        params, model_state, ft_ens = pre.params, pre.model_state, ens
+        if unknown_knowledge(cfg):
+            # Unknown pruning knowledge: a second copy of every pretrained shadow is pruned with
+            # the shadow method/sparsity; models 1..S stay the known-knowledge shadows.
+            shadow_rows = slice(1, num_models)
+            shadow_params = jax.tree.map(lambda a: a[shadow_rows], pre.params)
+            other = pruning.make_masks(cfg.shadow_pruning or cfg.pruning, shadow_params,
+                                       _shadow_sparsity(cfg), ensemble=True)
+            masks, params, model_state = (
+                jax.tree.map(lambda a, b: jnp.concatenate([a, b]), t, t_other)
+                for t, t_other in ((masks, other), (pre.params, shadow_params),
+                                   (pre.model_state,
+                                    jax.tree.map(lambda a: a[shadow_rows], pre.model_state))))
+            ft_ens = training.make_ensemble_data(
+                ds.x, ds.y, [s.train for s in splits + splits[1:]],
+                [s.dev for s in splits + splits[1:]])
+            ft_keys = jnp.concatenate([ft_keys, jax.random.split(
+                jax.random.fold_in(finetune_key, 1), cfg.num_shadows)])
         _log(f"[audit] pruned ({cfg.pruning}, {cfg.sparsity}); fine-tuning "
              f"{cfg.finetune_epochs} epochs max")
-        pruned = training.fit(model, pruning.apply_masks(pre.params, masks), pre.model_state,
-                              masks, ens, ft_cfg, ft_keys,
+        pruned = training.fit(model, pruning.apply_masks(params, masks), model_state,
+                              masks, ft_ens, ft_cfg, ft_keys,
                               checkpoint_dir=os.path.join(ckpt, "finetune"),
                               metrics_path=metrics_path, stage="finetune")
     timing["prune_finetune"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    results = {"attacks": {}, "accuracy": {}}
-    all_scores = {}
-    for stage, res in (("unpruned", pre), ("pruned", pruned)):
-        metrics_, acc, scores = attack_stage(cfg, model, res.params, res.model_state, res.masks,
-                                             splits, ens.x, ens.y)
-        results["attacks"][stage] = metrics_
-        results["accuracy"][stage] = acc
-        all_scores.update({f"{stage}/{k}": v for k, v in scores.items()})
+    stages = {"unpruned": (pre, splits, None), "pruned": (pruned, splits, None)}
+    if unknown_knowledge(cfg):
+        both = splits + splits[1:]
+        stages["pruned"] = (pruned, both, range(1, num_models))
+        stages["pruned_unknown_knowledge"] = (pruned, both, range(num_models, 2 * num_models - 1))
+    results = {"attacks": {}, "accuracy": {}, "gaps": {}}
+    all_scores, target_features, attack_seconds = {}, {}, {}
+    for i, (stage, (res, model_splits, shadow_models)) in enumerate(stages.items()):
+        _log(f"[audit] attacks on the {stage} target: {', '.join(cfg.attacks)}")
+        # The same key for every stage: the unpruned and pruned targets see the same noise.
+        out = attack_stage(cfg, model, res.params, res.model_state, res.masks, model_splits,
+                           ens.x, ens.y, attack_key, shadow_models)
+        results["attacks"][stage] = out["attacks"]
+        results["accuracy"][stage] = out["accuracy"]
+        results["gaps"][stage] = out["gaps"]
+        attack_seconds[stage] = out["seconds"]
+        target_features[stage] = out["target_features"]
+        all_scores.update({f"{stage}/{k}": v for k, v in out["scores"].items()})
     timing["attacks"] = time.perf_counter() - t0
 
     report = pruning.report(jax.tree.map(lambda m: m[0], pruned.masks))
@@ -277,18 +454,47 @@ def run(cfg: AuditConfig) -> dict:
                               "target_layers": report["layers"]},
         "best_epoch": {"pretrain": pre.best_epoch.tolist(), "pruned": pruned.best_epoch.tolist()},
         "attacks": results["attacks"],
+        "gaps": results["gaps"],
+        "sensitivity": {"samples": cfg.sensitivity_samples, "epsilon": cfg.sensitivity_epsilon,
+                        "noise": cfg.sensitivity_noise},
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
+        "attack_timing_s": attack_seconds,  # per stage: feature extraction, then each attack
         "jax": {"version": jax.__version__, "backend": jax.default_backend(),
                 "devices": jax.device_count()},
     }
+    if unknown_knowledge(cfg):
+        out["unknown_pruning_knowledge"] = {
+            "shadow_pruning": cfg.shadow_pruning or cfg.pruning,
+            "shadow_sparsity": _shadow_sparsity(cfg),
+            # (acc_known - acc_unknown) / acc_known, balanced accuracy (paper §5.2.5).
+            "attack_accuracy_loss": {
+                a: (k["balanced_accuracy"] - results["attacks"]["pruned_unknown_knowledge"][a]
+                    ["balanced_accuracy"]) / k["balanced_accuracy"]
+                for a, k in results["attacks"]["pruned"].items()}}
     io.write_npz(os.path.join(cfg.workdir, "scores.npz"), **all_scores)
-    for stage in ("unpruned", "pruned"):
-        reporting.plot_roc({a: (all_scores[f"{stage}/{a}"], all_scores[f"{stage}/is_member"])
-                            for a in cfg.attacks},
-                           os.path.join(cfg.workdir, f"roc_{stage}.png"),
-                           f"{cfg.dataset} / {cfg.model}, {stage} target")
+    _figures(cfg, all_scores, stages, target_features, results["gaps"])
     io.write_json(os.path.join(cfg.workdir, "results.json"), out)
     return out
+
+
+def _shadow_sparsity(cfg: AuditConfig) -> float:
+    return cfg.shadow_sparsity if cfg.shadow_sparsity is not None else cfg.sparsity
+
+
+def _figures(cfg, all_scores, stages, target_features, gaps) -> None:
+    """ROC per stage, member/non-member histograms and per-class gap bars (PNG, in workdir)."""
+    title = f"{cfg.dataset} / {cfg.model}"
+    for stage in stages:
+        curves = {}
+        for a in cfg.attacks:
+            member = all_scores.get(f"{stage}/{a}/is_member", all_scores[f"{stage}/is_member"])
+            curves[a] = (all_scores[f"{stage}/{a}"], member)
+        reporting.plot_roc(curves, os.path.join(cfg.workdir, f"roc_{stage}.png"),
+                           f"{title}, {stage} target")
+    pair = {s: target_features[s] for s in ("unpruned", "pruned")}
+    reporting.plot_histograms(pair, os.path.join(cfg.workdir, "histograms.png"), title)
+    reporting.plot_per_class({s: gaps[s]["per_class"] for s in ("unpruned", "pruned")},
+                             os.path.join(cfg.workdir, "per_class.png"), title)
 
 
 def format_table(results: dict) -> str:
@@ -305,6 +511,17 @@ def format_table(results: dict) -> str:
         pr = results["attacks"]["pruned"][name]
         lines.append(f"{name:<18}{un['balanced_accuracy']:>20.4f}{un['auc']:>8.4f}"
                      f"{pr['balanced_accuracy']:>19.4f}{pr['auc']:>8.4f}{pr['tpr@1%fpr']:>18.4f}")
+    lines.append("")
+    for stage, g in results["gaps"].items():
+        lines.append(f"{stage + ' gaps':<26}" + "  ".join(
+            f"{k.replace('_gap', '')} {g[k]:.4f}" for k in
+            ("generalization_gap", "confidence_gap", "sensitivity_gap") if g[k] is not None)
+            + f"  JS {g['js_divergence']:.4f}")
+    if "unknown_pruning_knowledge" in results:
+        u = results["unknown_pruning_knowledge"]
+        lines.append(f"unknown pruning knowledge (shadows: {u['shadow_pruning']} @ "
+                     f"{u['shadow_sparsity']}), attack accuracy loss: " + ", ".join(
+                         f"{a} {v:+.3f}" for a, v in u["attack_accuracy_loss"].items()))
     t = results["timing_s"]
     lines.append("")
     lines.append("wall time (s): " + ", ".join(f"{k} {v}" for k, v in t.items()))

@@ -65,3 +65,65 @@ def summarize_with_ci(scores, is_member, num_resamples: int = 200, seed: int = 0
     for k, v in bootstrap_ci(scores, is_member, num_resamples, 0.95, seed).items():
         out[f"{k}_ci95"] = list(v)
     return out
+
+
+def _mean_or_none(v) -> float | None:
+    return float(np.mean(v)) if len(v) else None
+
+
+def js_divergence(member_values, nonmember_values, bins: int = 50,
+                  value_range: tuple[float, float] = (0.0, 1.0)) -> float:
+    """Jensen-Shannon divergence (bits, in [0, 1]) between the histograms of a statistic on
+    members and non-members (``bins`` equal bins over ``value_range``), the plug-in estimate of
+    the GRIP paper's §4 distance between member and non-member output distributions."""
+    p, _ = np.histogram(np.asarray(member_values, np.float64), bins, value_range)
+    q, _ = np.histogram(np.asarray(nonmember_values, np.float64), bins, value_range)
+    p = p / max(p.sum(), 1)
+    q = q / max(q.sum(), 1)
+    m = 0.5 * (p + q)
+
+    def kl(a):
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+def gaps(member: dict, nonmember: dict, num_classes: int) -> dict:
+    """The pruning paper's gaps (Yuan & Zhang 2022, eq. 3-4) between a model's members and
+    non-members, overall and per true class, plus the JS divergence of their confidences.
+
+    - ``generalization_gap``: accuracy on members - accuracy on non-members.
+    - ``confidence_gap``: mean true-class probability on members - on non-members.
+    - ``sensitivity_gap``: mean sensitivity on non-members - on members, an example's
+      sensitivity being the sum over classes of its per-class sensitivity (the L1 change of the
+      probability vector per unit of perturbation); None when no sensitivity was computed.
+    - ``js_divergence``: :func:`js_divergence` of the true-class probabilities.
+
+    Args:
+      member, nonmember: feature dicts with ``confidence``, ``correct``, ``labels`` and optionally
+        ``sensitivity`` ``[n, C]``.
+      num_classes: C; per-class lists have C entries (None for a class absent on either side).
+    """
+    def stats(f, rows):
+        out = {"acc": _mean_or_none(np.asarray(f["correct"])[rows]),
+               "conf": _mean_or_none(np.asarray(f["confidence"])[rows])}
+        if "sensitivity" in f:
+            out["sens"] = _mean_or_none(np.asarray(f["sensitivity"]).sum(-1)[rows])
+        return out
+
+    def diff(a, b):
+        return None if a is None or b is None else a - b
+
+    def all_gaps(rows_in, rows_out):
+        a, b = stats(member, rows_in), stats(nonmember, rows_out)
+        return {"generalization_gap": diff(a["acc"], b["acc"]),
+                "confidence_gap": diff(a["conf"], b["conf"]),
+                "sensitivity_gap": diff(b.get("sens"), a.get("sens"))}
+
+    lab_in, lab_out = np.asarray(member["labels"]), np.asarray(nonmember["labels"])
+    out = all_gaps(slice(None), slice(None))
+    per_class = [all_gaps(lab_in == c, lab_out == c) for c in range(num_classes)]
+    out["per_class"] = {k: [g[k] for g in per_class] for k in out}
+    out["js_divergence"] = js_divergence(member["confidence"], nonmember["confidence"])
+    return out

@@ -8,10 +8,12 @@ import sys
 import numpy as np
 import pytest
 
+from jaxmia import attacks
 from tests.conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, "experiments", "audit.py")
-FAST = ["--epochs=3", "--num_shadows=2", "--patience=5"]
+FAST = ["--epochs=3", "--num_shadows=2", "--patience=5", "--attack_epochs=2",
+        "--label_only_examples=40", "--blindmi_reference=40", "--sensitivity_samples=3"]
 
 
 def _run(*args, env=None):
@@ -31,10 +33,17 @@ def test_audit_on_digits_end_to_end(tmp_path):
     assert res["target_train_acc"] > 0.5  # 3 epochs on digits already learn (chance: 0.1)
     assert abs(res["achieved_sparsity"]["target_overall"] - 0.7) < 1e-3
     for stage in ("unpruned", "pruned"):
-        assert set(res["attacks"][stage]) == {"confidence", "entropy", "modified_entropy",
-                                              "top1", "loss"}
+        # Digits are images: every attack runs, label-only ones included.
+        assert list(res["attacks"][stage]) == list(attacks.ALL)
         for m in res["attacks"][stage].values():
             assert 0 <= m["balanced_accuracy"] <= 1 and 0 <= m["auc"] <= 1
+            for k in ("tpr@1%fpr", "tpr@0.1%fpr", "tpr@0%fpr", "auc_ci95"):
+                assert k in m
+        assert res["attacks"][stage]["label_aug"]["num_examples"] == 80
+        g = res["gaps"][stage]
+        for k in ("generalization_gap", "confidence_gap", "sensitivity_gap", "js_divergence"):
+            assert isinstance(g[k], float)
+        assert len(g["per_class"]["confidence_gap"]) == 10
     splits = json.loads((work / "splits.json").read_text())
     assert len(splits["shadows"]) == 2
     assert not set(splits["target"]["train"]) & set(splits["target"]["test"])
@@ -43,8 +52,8 @@ def test_audit_on_digits_end_to_end(tmp_path):
     lines = (work / "metrics.jsonl").read_text().splitlines()
     assert {json.loads(l)["stage"] for l in lines} == {"pretrain", "finetune"}
     assert "confidence" in r.stdout and "results:" in r.stdout
-    for stage in ("unpruned", "pruned"):
-        assert (work / f"roc_{stage}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("roc_unpruned", "roc_pruned", "histograms", "per_class"):
+        assert (work / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Same settings again: resumes from the checkpoints (no epoch retrained), same results.
     again = _run(f"--workdir={work}", *FAST)
@@ -69,6 +78,10 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--dataset=location", "--data_dir=/nonexistent"], "dataset_location.tgz not found"),
     (["--num_shadows=0"], "--num_shadows must be >= 1"),
     (["--pruning=slim"], "network slimming needs BatchNorm"),
+    (["--attacks=lira"], "unknown attack 'lira'"),
+    (["--dataset=location", "--attacks=label_aug"], "need an image dataset"),
+    (["--attacks=samia", "--sensitivity_samples=0"], "need the sensitivity feature"),
+    (["--shadow_pruning=magic"], "unknown --shadow_pruning 'magic'"),
 ])
 def test_bad_input_one_line_nonzero_nothing_written(tmp_path, args, expect):
     work = tmp_path / "w"
@@ -94,3 +107,21 @@ def test_foreign_checkpoint_without_config_is_refused(tmp_path):
     r = _run(f"--workdir={work}", *FAST)
     assert r.returncode == 2 and "holds a checkpoint but no config.json" in r.stderr
     assert sorted(os.listdir(work)) == ["ckpt"]
+
+
+def test_unknown_pruning_knowledge_reports_the_attack_accuracy_loss(tmp_path):
+    work = tmp_path / "u"
+    r = _run(f"--workdir={work}", "--epochs=3", "--num_shadows=2", "--attacks=threshold",
+             "--shadow_pruning=l1_unstructured_global", "--shadow_sparsity=0.5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((work / "results.json").read_text())
+    u = res["unknown_pruning_knowledge"]
+    assert u["shadow_sparsity"] == 0.5 and u["shadow_pruning"] == "l1_unstructured_global"
+    known, unknown = res["attacks"]["pruned"], res["attacks"]["pruned_unknown_knowledge"]
+    for a, loss in u["attack_accuracy_loss"].items():
+        k, x = known[a]["balanced_accuracy"], unknown[a]["balanced_accuracy"]
+        assert loss == pytest.approx((k - x) / k)
+    # The target is the same model in both stages: only the shadows differ.
+    assert res["accuracy"]["pruned"]["target_test_acc"] == \
+        res["accuracy"]["pruned_unknown_knowledge"]["target_test_acc"]
+    assert "unknown pruning knowledge" in r.stdout

@@ -15,6 +15,7 @@ Score: logit(member) - logit(non-member), so ``>= 0`` is the classifier's member
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -65,8 +66,16 @@ def predict(trained, x: np.ndarray) -> np.ndarray:
     return np.asarray(logits[0], np.float64)
 
 
-def make(kind: str, seed: int = 0, config: training.TrainConfig = TRAIN) -> Attack:
-    """A classifier attack on ``kind`` inputs; ``seed`` fixes its init, dropout and shuffling."""
+def with_epochs(config: training.TrainConfig, epochs: int | None) -> training.TrainConfig:
+    """``config`` with ``epochs`` training epochs (None: unchanged), for quick audits."""
+    return config if epochs is None else dataclasses.replace(config, epochs=epochs)
+
+
+def make(kind: str, seed: int = 0, config: training.TrainConfig = TRAIN,
+         epochs: int | None = None) -> Attack:
+    """A classifier attack on ``kind`` inputs; ``seed`` fixes its init, dropout and shuffling;
+    ``epochs`` overrides the paper's epoch count."""
+    config = with_epochs(config, epochs)
 
     def fit(shadow: Features, is_member: np.ndarray):
         module = mlp.MLP(2, hidden=(512, 256, 128), dropout=0.2, dropout_layers=2)

@@ -16,9 +16,9 @@ every layer draws its own weights (Xavier-uniform, PyTorch's own default for att
 
 from __future__ import annotations
 
-import numpy as np
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from jaxmia.attacks import classifier
@@ -66,6 +66,11 @@ class EncoderLayer(nn.Module):
         return nn.LayerNorm(epsilon=1e-5)(h + layers.Dropout(DROPOUT)(ff, train))
 
 
+def to_tokens(x: jax.Array, num_classes: int) -> jax.Array:
+    """[B, 3C] = [p, sens, onehot] -> [B, C, 3], token c = (p_c, sens_c, onehot_c)."""
+    return x.reshape(x.shape[0], 3, num_classes).transpose(0, 2, 1)
+
+
 class SAMIA(nn.Module):
     num_classes: int
 
@@ -73,8 +78,7 @@ class SAMIA(nn.Module):
     def __call__(self, x, train: bool):
         c = self.num_classes
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
-        tokens = x.reshape(x.shape[0], 3, c).transpose(0, 2, 1)  # [B, C, 3]: (p_c, s_c, y_c)
-        h = _gelu(nn.Dense(D_MODEL, kernel_init=_dense)(tokens))
+        h = _gelu(nn.Dense(D_MODEL, kernel_init=_dense)(to_tokens(x, c)))
         for _ in range(LAYERS):
             h = EncoderLayer()(h, train)
         h = nn.relu(nn.Dense(D_MODEL, kernel_init=_dense)(h.reshape(h.shape[0], c * D_MODEL)))
@@ -99,7 +103,8 @@ def attack_inputs(f: Features) -> np.ndarray:
     return np.concatenate([p, np.asarray(f["sensitivity"], np.float32), onehot], axis=-1)
 
 
-def make(seed: int = 0, config=classifier.TRAIN) -> Attack:
+def make(seed: int = 0, config=classifier.TRAIN, epochs: int | None = None) -> Attack:
+    config = classifier.with_epochs(config, epochs)
     def fit(shadow: Features, is_member: np.ndarray):
         module = SAMIA(num_classes=shadow["probs"].shape[-1])
         return classifier.train(module, attack_inputs(shadow), is_member, config, seed,

@@ -49,10 +49,11 @@ def best_threshold(member_values: np.ndarray, nonmember_values: np.ndarray) -> f
     return float(candidates[np.argmax(0.5 * (tpr + tnr))])
 
 
-def make(statistic: str, seed: int = 0) -> Attack:
-    """The threshold attack on ``statistic`` (deterministic: ``seed`` is unused)."""
+def make(name: str, seed: int = 0, statistic: tuple | None = None) -> Attack:
+    """The threshold attack ``name`` on ``STATISTICS[name]`` or on ``statistic`` = (feature,
+    sign, class-wise) (deterministic: ``seed`` is unused)."""
     del seed  # Unused: threshold search draws nothing at random.
-    feature, sign, classwise = STATISTICS[statistic]
+    feature, sign, classwise = statistic or STATISTICS[name]
 
     def fit(shadow: Features, is_member: np.ndarray):
         v = sign * np.asarray(shadow[feature], np.float64)
@@ -71,7 +72,12 @@ def make(statistic: str, seed: int = 0) -> Attack:
             return v - state["global"]
         return v - state["classwise"][np.asarray(target["labels"])]
 
-    return Attack(fit=fit, score=score, name=statistic)
+    return Attack(fit=fit, score=score, name=name)
+
+
+def make_global(feature: str, seed: int = 0) -> Attack:
+    """A one-threshold attack on any feature where higher means member (label-only features)."""
+    return make(feature, seed, statistic=(feature, 1.0, False))
 
 
 REGISTRY = {name: functools.partial(make, name) for name in STATISTICS}
