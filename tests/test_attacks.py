@@ -175,3 +175,12 @@ def test_js_divergence_hand_worked():
     assert metrics.js_divergence([0.1, 0.1], [0.9, 0.9], bins=2) == pytest.approx(1.0)
     assert metrics.js_divergence([0.1, 0.9], [0.1, 0.9], bins=2) == pytest.approx(0.0)
     assert metrics.js_divergence([0.1, 0.5], [0.5, 0.9], bins=3) == pytest.approx(0.5)
+
+
+def test_correctness_attack_is_the_fixed_gap_rule():
+    attack = attacks.REGISTRY["correctness"]()
+    # Shadows where "everyone is a member" would fit better: the rule does not move.
+    state = attack.fit({"correct": np.array([True, True, True]), "labels": np.zeros(3, int),
+                        "probs": np.zeros((3, 2))}, np.array([True, True, False]))
+    s = attack.score(state, {"correct": np.array([True, False]), "labels": np.zeros(2, int)})
+    np.testing.assert_allclose(s, [0.5, -0.5])

@@ -14,6 +14,8 @@ Attacks here:
 - ``top1_code``: p_y with one global threshold: what mia_prune's code calls "Top1-conf"
   (it equals the loss attack's ranking); offered as a named option.
 - ``loss``: -loss with one global threshold (Yeom et al. 2018).
+- ``correctness``: the "gap" attack (Yeom et al. 2018): member iff the prediction is correct; its
+  threshold is fixed, not fit (score +0.5 / -0.5).
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ STATISTICS = {  # attack name -> (feature, sign, class-wise)
     "top1": ("top1", 1.0, False),
     "top1_code": ("confidence", 1.0, False),
     "loss": ("loss", -1.0, False),
+    "correctness": ("correct", 1.0, False),
 }
+FIXED = {"correctness": 0.5}  # attacks whose threshold is part of the rule
 
 
 def best_threshold(member_values: np.ndarray, nonmember_values: np.ndarray) -> float:
@@ -58,6 +62,8 @@ def make(name: str, seed: int = 0, statistic: tuple | None = None) -> Attack:
     def fit(shadow: Features, is_member: np.ndarray):
         v = sign * np.asarray(shadow[feature], np.float64)
         mem = np.asarray(is_member, bool)
+        if name in FIXED:
+            return {"global": FIXED[name]}
         if not classwise:
             return {"global": best_threshold(v[mem], v[~mem])}
         labels = np.asarray(shadow["labels"])
