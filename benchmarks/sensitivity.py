@@ -96,8 +96,7 @@ def worker_jax(d, m, eps, repeats, noise):
         logits = training.predict_logits(model, params, {}, masks, x_all, idx)
         conf = features.extract(logits, y_all[None])["confidence"]
         sens = features.ensemble_sensitivity(model, params, {}, masks, x_all, idx, key,
-                                             num_samples=m, epsilon=eps, noise=noise,
-                                             chunk=2048)
+                                             num_samples=m, epsilon=eps, noise=noise)
         return jax.block_until_ready((conf, sens))
 
     run()  # compile

@@ -37,16 +37,19 @@ def plot_roc(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str, title:
       path: the PNG to write (atomically).
       title: figure title.
     """
-    fig, ax = _pyplot().subplots(figsize=(5, 5), dpi=120)
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
     floor = 1e-4
-    for name, (scores, is_member) in curves.items():
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    for i, (name, (scores, is_member)) in enumerate(curves.items()):
         fpr, tpr, _ = skm.roc_curve(np.asarray(is_member, bool), np.asarray(scores, np.float64))
         auc = skm.auc(fpr, tpr)
-        ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=f"{name} (AUC {auc:.3f})")
+        ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), color=colors[i % 20],
+                ls=("-", "--", ":")[i // 20 % 3], label=f"{name} (AUC {auc:.3f})")
     ax.plot([floor, 1], [floor, 1], "k--", lw=0.8, label="chance")
     ax.set(xscale="log", yscale="log", xlim=(floor, 1), ylim=(floor, 1),
            xlabel="false positive rate", ylabel="true positive rate", title=title)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.grid(True, which="both", lw=0.3)
     _save(fig, path)
 

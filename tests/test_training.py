@@ -218,3 +218,22 @@ def test_keep_last_returns_final_params():
                           training.TrainConfig(**{**base, "epochs": 4}, keep="last"), keys)
     assert last.epochs_run == 3 and last.best_epoch[0] == 2
     assert not np.allclose(jax.tree.leaves(last.params)[0], jax.tree.leaves(longer.params)[0])
+
+
+def test_sigmoid_mse_loss_hand_worked():
+    # One-logit model z = 0 for every input: sigmoid 0.5, so the loss is 0.25 whatever y in {0, 1};
+    # z >= 0 predicts class 1, so accuracy counts the y = 1 rows.
+    model = models.make("mlp", 1, (2,))
+    params, state = model.init(jax.random.key(0))
+    params = jax.tree.map(jnp.zeros_like, params)
+    tx = training.make_optimizer(training.TrainConfig())
+    st = training.TrainState(step=jnp.int32(0), params=params, masks=pruning.ones_like(params),
+                             model_state=state, opt_state=tx.init(params))
+    step = training.make_train_step(model._replace(
+        apply=lambda p, s, x, train, key=None: model.apply(p, s, x, train=False)), tx,
+        loss="sigmoid_mse")
+    _, m = step(st, jnp.ones((4, 2)), jnp.array([1, 0, 1, 1]), jnp.ones(4), jax.random.key(1))
+    np.testing.assert_allclose(m["loss_sum"], 4 * 0.25, rtol=1e-6)
+    assert int(m["correct"]) == 3
+    with pytest.raises(Exception, match="unknown loss"):
+        training.make_train_step(model, tx, loss="hinge")
