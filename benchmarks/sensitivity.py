@@ -4,7 +4,9 @@ Same inputs and weights on both sides: the tabular MLP 600 -> 256 -> 128 -> 100 
 N inputs, m Gaussian perturbations of size eps per input. PyTorch runs the way mia_prune's
 ``predict_target_sensitivity`` does (a loop over batches of 128; per batch: softmax of the batch,
 the batch repeated m times plus eps * randn, softmax, mean |difference| / eps). jaxmia runs
-``features.ensemble_sensitivity`` (one jitted call per chunk) with each of its noise sources.
+``features.ensemble_sensitivity`` (one jitted call per chunk) with each of its noise sources:
+'fast' (independent input-space normals), 'projected' (the same law drawn after the first dense
+layer), 'shared' (one set of m directions for all examples) and 'threefry' (JAX's generator).
 Every measurement is its own subprocess, once with one thread (examples per CPU-second: the
 stable figure on a shared machine) and once with all cores (wall clock).
 
@@ -132,7 +134,8 @@ def main():
     args = ap.parse_args()
     if args.worker:
         return worker(args)
-    impls = ["jax:fast", "jax:shared", "jax:threefry"] + (["torch"] if args.torch_python else [])
+    impls = ["jax:fast", "jax:projected", "jax:shared", "jax:threefry"]
+    impls += ["torch"] if args.torch_python else []
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,14 +2,17 @@ r"""Membership-inference audit of a pruned model (Yuan & Zhang, USENIX Security 
 
 Trains a target and its shadows as one ensemble, prunes and fine-tunes each, and attacks the
 target unpruned and pruned. Writes config.json, metrics.jsonl, splits.json, results.json,
-scores.npz and roc_{unpruned,pruned}.png into --workdir and prints a table.
+scores.npz, roc_{unpruned,pruned}.png, histograms.png and per_class.png into --workdir and prints
+a table.
 
   python experiments/audit.py                      # embedded default: digits, MLP, L1 0.7
   python experiments/audit.py --dataset=location --data_dir=../shared/data --workdir=/tmp/loc
 
-Measured on 2 CPU cores (2026-11-25, BUILD_NOTES.md): the default run 54 s (target test accuracy
-0.906, confidence attack balanced accuracy 0.579 unpruned / 0.539 pruned); Location 50 s (test
-accuracy 0.589 unpruned / 0.570 pruned; best attack modified entropy, 0.773 / 0.692).
+Measured on 2 CPU cores (2026-11-25, BUILD_NOTES.md), all attacks: the default run 9 min 26 s (digits:
+target test accuracy 0.906 / 0.919 pruned; no attack above 0.57 balanced accuracy);
+Location 42 min (test accuracy 0.600 unpruned / 0.562 pruned; best attack SAMIA, balanced accuracy
+0.846 / 0.823), most of it SAMIA's and the GRIP attack's training; `--attacks=threshold` takes
+about a minute on either.
 
 Bad input (unknown dataset/model, missing data, --sparsity=1.5, a workdir of another run) prints
 one line starting with "error:" and exits with status 2, writing nothing.

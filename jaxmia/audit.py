@@ -104,6 +104,9 @@ def validate(cfg: AuditConfig) -> AuditConfig:
     if cfg.sensitivity_noise not in features.NOISE:
         raise UserError(f"unknown --sensitivity_noise '{cfg.sensitivity_noise}'; choose one of "
                         f"{', '.join(features.NOISE)}")
+    if cfg.sensitivity_noise == "projected" and cfg.model != "mlp":
+        raise UserError(f"--sensitivity_noise=projected needs --model=mlp (a dense first "
+                        f"layer), not {cfg.model}; use fast")
     needs = [a for a in cfg.attacks if a in attacks.NEEDS_SENSITIVITY]
     if needs and cfg.sensitivity_samples == 0:
         raise UserError(f"attack(s) {', '.join(needs)} need the sensitivity feature; drop them "

@@ -24,9 +24,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxmia import fastrand, pruning, training
+from jaxmia.errors import UserError
+from jaxmia.models import mlp
 
 TINY = 1e-30
-NOISE = ("fast", "shared", "threefry")
+NOISE = ("fast", "shared", "threefry", "projected")
 
 
 @jax.jit
@@ -82,14 +84,16 @@ def sensitivity(logits_fn, x: jax.Array, key: jax.Array, num_samples: int = 10,
         does not change the result. 'shared': the same m directions for every example (draws
         m * D normals instead of B * m * D; each example's feature has the same distribution,
         but the examples' noises are no longer independent of each other). 'threefry': JAX's
-        default generator (slow on CPU), folded with ``offset``.
+        default generator (slow on CPU), folded with ``offset``. 'projected' (MLP only,
+        through :func:`sensitivity_projected`).
       offset: the global row index of ``x[0]`` (for chunked calls).
 
     Returns:
       ``[B, C]`` sensitivities (float32).
     """
-    if noise not in NOISE:
-        raise ValueError(f"unknown noise '{noise}'; choose one of {', '.join(NOISE)}")
+    if noise not in NOISE or noise == "projected":
+        raise ValueError(f"unknown noise '{noise}' here; choose one of fast, shared, threefry "
+                         "(projected: sensitivity_projected)")
     b, shape = x.shape[0], x.shape[1:]
     dim = math.prod(shape)
     if noise == "fast":
@@ -107,10 +111,48 @@ def sensitivity(logits_fn, x: jax.Array, key: jax.Array, num_samples: int = 10,
     return jnp.mean(jnp.abs(q - p[:, None]), axis=1) / epsilon
 
 
+def sensitivity_projected(kernel: jax.Array, bias: jax.Array, rest_fn, x: jax.Array,
+                          key: jax.Array, num_samples: int = 10, epsilon: float = 1e-3,
+                          offset=0) -> jax.Array:
+    """The same sensitivity for a model whose first layer is dense, ``f(x) = g(x W + b)``, drawing
+    the noise where it lands instead of in the input space.
+
+    For u ~ N(0, I_D), W^T u ~ N(0, W^T W) exactly, so ``f(x + eps u)`` has the same
+    distribution as ``g(x W + b + eps S z)`` with z ~ N(0, I_H) and ``S S^T = W^T W`` (S from an
+    eigendecomposition, so pruned, rank-deficient W is fine). The feature's distribution is
+    unchanged (tested against the input-space version); each example and copy still gets its own
+    independent draw. The cost per copy falls from D to H normals and from a D x H to an H x H
+    product (600 -> 256 inputs on the benchmark MLP).
+
+    Args:
+      kernel, bias: the first layer ``[D, H]``, ``[H]`` (masked).
+      rest_fn: logits from the first pre-activation, ``[N, H] -> [N, C]``.
+      x: inputs ``[B, D]`` (or ``[B, ...]`` flattened to D).
+      key, num_samples, epsilon, offset: as :func:`sensitivity` (noise 'fast').
+    """
+    b = x.shape[0]
+    z0 = x.reshape(b, -1) @ kernel + bias
+    hidden = kernel.shape[1]
+    lam, vecs = jnp.linalg.eigh(kernel.T @ kernel)
+    scale = vecs * jnp.sqrt(jnp.maximum(lam, 0.0))[None, :]  # S with S S^T = W^T W
+    z = fastrand.normal(key, (b, num_samples, hidden), z0.dtype,
+                        offset=jnp.asarray(offset, jnp.uint32) * (num_samples * hidden))
+    p = jax.nn.softmax(rest_fn(z0).astype(jnp.float32), axis=-1)
+    perturbed = (z0[:, None] + epsilon * (z @ scale.T)).reshape(b * num_samples, hidden)
+    q = jax.nn.softmax(rest_fn(perturbed).astype(jnp.float32), axis=-1)
+    q = q.reshape((b, num_samples) + p.shape[1:])
+    return jnp.mean(jnp.abs(q - p[:, None]), axis=1) / epsilon
+
+
 @functools.lru_cache(maxsize=16)
 def _ensemble_fn(model, mode: str, num_samples: int, epsilon: float, noise: str):
     def one(params, state, masks, rows, key, offset, x_all):
         live = pruning.apply_masks(params, masks)
+        if noise == "projected":
+            kernel, bias = mlp.first_layer(live)
+            return sensitivity_projected(kernel, bias,
+                                         lambda z: mlp.from_first_preactivation(live, z),
+                                         x_all[rows], key, num_samples, epsilon, offset)
         return sensitivity(lambda x: model.apply(live, state, x, train=False)[0], x_all[rows],
                            key, num_samples, epsilon, noise, offset)
 
@@ -133,6 +175,9 @@ def ensemble_sensitivity(model, params, model_state, masks, x_all, idx, key: jax
     Model k draws from ``fold_in(key, k)``, and with the default noise its result does not
     depend on ``chunk``.
     """
+    if noise == "projected" and model.name != "mlp":
+        raise UserError(f"--sensitivity_noise=projected needs the mlp model (its first layer is "
+                        f"dense), not {model.name}; use fast")
     mode = training.resolve_ensemble_mode(mode, params)
     num_models, n = idx.shape
     dim = math.prod(x_all.shape[1:])

@@ -99,3 +99,54 @@ def test_ensemble_sensitivity_is_one_model_at_a_time_and_chunk_invariant():
         alone = features.sensitivity(logits_fn, x_all[idx[k]], jax.random.fold_in(key, k))
         # Differences of softmaxes divided by eps = 1e-3 amplify float32 rounding.
         np.testing.assert_allclose(whole[k], alone, rtol=1e-3, atol=1e-5)
+
+
+def test_mlp_rest_from_first_preactivation_equals_the_model():
+    from jaxmia.models import mlp
+
+    model, params, state = _mlp()
+    x = jax.random.normal(jax.random.key(3), (6, 7))
+    kernel, bias = mlp.first_layer(params)
+    np.testing.assert_allclose(mlp.from_first_preactivation(params, x @ kernel + bias),
+                               model.apply(params, state, x, train=False)[0], rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_projected_noise_gives_the_same_feature_distribution():
+    # W^T u with u ~ N(0, I) is N(0, W^T W): drawing it in the hidden space changes nothing in
+    # law. Over many keys, one input's sensitivities agree in distribution (KS), and so do their
+    # means to within sampling error. A pruned (rank-deficient) first layer is included.
+    from jaxmia.models import mlp
+
+    model, params, state = _mlp()
+    params = jax.tree.map(lambda a: a, params)
+    params["Dense_0"]["kernel"] = params["Dense_0"]["kernel"].at[:, :200].set(0.0)
+    x = jax.random.normal(jax.random.key(1), (1, 7))
+
+    def logits_fn(v):
+        return model.apply(params, state, v, train=False)[0]
+
+    kernel, bias = mlp.first_layer(params)
+
+    def rest(z):
+        return mlp.from_first_preactivation(params, z)
+
+    inputs = np.array([features.sensitivity(logits_fn, x, jax.random.key(k), 5)[0]
+                       for k in range(400)])
+    projected = np.array([features.sensitivity_projected(kernel, bias, rest, x,
+                                                         jax.random.key(k), 5)[0]
+                          for k in range(400, 800)])
+    for c in range(5):
+        assert stats.ks_2samp(inputs[:, c], projected[:, c]).pvalue > 0.001
+    np.testing.assert_allclose(inputs.mean(0), projected.mean(0), rtol=0.1)
+
+
+def test_projected_noise_is_refused_for_models_without_a_dense_first_layer():
+    from jaxmia.errors import UserError
+
+    model = models.make("small_cnn", 3, (8, 8, 1))
+    params, state = training.init_ensemble(model, jax.random.split(jax.random.key(0), 1))
+    masks = jax.tree.map(jnp.ones_like, params)
+    with pytest.raises(UserError, match="projected needs the mlp"):
+        features.ensemble_sensitivity(model, params, state, masks, jnp.zeros((4, 8, 8, 1)),
+                                      jnp.arange(4)[None], jax.random.key(0), noise="projected")

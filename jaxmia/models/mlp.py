@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 from flax import linen as nn
 
 from jaxmia.base import Model
@@ -28,3 +29,19 @@ class MLP(nn.Module):
 def make(num_classes: int, input_shape, norm: str = "none", dropout: float = 0.1) -> Model:
     del norm  # Unused: the MLP has no norm layers.
     return from_linen(MLP(num_classes, dropout=dropout), input_shape, "mlp")
+
+
+def first_layer(params) -> tuple:
+    """(kernel [D, H], bias [H]) of the first dense layer."""
+    return params["Dense_0"]["kernel"], params["Dense_0"]["bias"]
+
+
+def from_first_preactivation(params, z0):
+    """Eval-mode logits given the first layer's pre-activation ``z0 = x @ kernel + bias``
+    (dropout is off in eval mode): the rest of :class:`MLP`, for sensitivity's projected noise."""
+    num_dense = len(params)
+    h = z0
+    for i in range(1, num_dense):
+        h = jax.nn.relu(h)
+        h = h @ params[f"Dense_{i}"]["kernel"] + params[f"Dense_{i}"]["bias"]
+    return h
