@@ -36,3 +36,10 @@ def test_generated_inputs():
         assert set(gen[:, j]) <= set(src[:, j])
     flat = np.ones((2, 6, 6, 1), np.float32)  # Sobel of a constant image is 0 everywhere
     np.testing.assert_allclose(blindmi.generate_inputs(flat, 3, seed=0), 0.0)
+
+
+def test_no_batch_is_left_with_a_single_row():
+    # 41 rows in batches of 20 -> 20 + 21 (not 20 + 20 + 1): every row gets a finite score.
+    rng = np.random.default_rng(2)
+    s = blindmi.diff_w(rng.random((41, 3)), rng.random((30, 3)), batch_size=20)
+    assert np.all(np.isfinite(s)) and s.shape == (41,)

@@ -56,9 +56,11 @@ def diff_w(target: np.ndarray, reference: np.ndarray, batch_size: int = 20, seed
     scores = np.zeros(len(target))
     order = rng.permutation(len(target))
     r = len(reference)
-    for start in range(0, len(target), batch_size):
-        rows = order[start:start + batch_size]
+    # Near-equal batches (array_split), so none has a single row (an MMD side needs two).
+    for rows in np.array_split(order, max(1, len(target) // batch_size)):
         b = len(rows)
+        if b < 2:
+            continue  # a one-row target set cannot be compared; its score stays 0
         k = kernel(np.concatenate([target[rows], reference]), np.concatenate([target[rows],
                                                                              reference]))
         member = np.r_[np.ones(b), np.zeros(r)]
