@@ -25,7 +25,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxmia import attacks
+from jaxmia import attacks, features
 from jaxmia import audit as audit_lib
 from jaxmia.errors import UserError
 
@@ -59,7 +59,7 @@ flags.DEFINE_list("attacks", list(D.attacks), "attacks to run: the sets "
 flags.DEFINE_integer("sensitivity_samples", D.sensitivity_samples, "Gaussian perturbations per "
                      "example of the sensitivity feature (0: skip it)")
 flags.DEFINE_float("sensitivity_epsilon", D.sensitivity_epsilon, "perturbation size")
-flags.DEFINE_string("sensitivity_noise", D.sensitivity_noise, "fast | shared | threefry")
+flags.DEFINE_string("sensitivity_noise", D.sensitivity_noise, " | ".join(features.NOISE))
 flags.DEFINE_integer("label_only_examples", D.label_only_examples, "rows per split and model "
                      "that the label-only attacks query")
 flags.DEFINE_integer("blindmi_reference", D.blindmi_reference, "generated non-members for BlindMI")
@@ -79,19 +79,10 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-    cfg = audit_lib.AuditConfig(
-        dataset=FLAGS.dataset, model=FLAGS.model, norm=FLAGS.norm, pruning=FLAGS.pruning,
-        sparsity=FLAGS.sparsity, num_shadows=FLAGS.num_shadows, epochs=FLAGS.epochs,
-        finetune_epochs=FLAGS.finetune_epochs, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
-        weight_decay=FLAGS.weight_decay, patience=FLAGS.patience, seed=FLAGS.seed,
-        imp_rounds=FLAGS.imp_rounds, imp_method=FLAGS.imp_method, imp_rewind=FLAGS.imp_rewind,
-        slim_l1=FLAGS.slim_l1, attacks=tuple(FLAGS.attacks),
-        sensitivity_samples=FLAGS.sensitivity_samples,
-        sensitivity_epsilon=FLAGS.sensitivity_epsilon, sensitivity_noise=FLAGS.sensitivity_noise,
-        label_only_examples=FLAGS.label_only_examples, blindmi_reference=FLAGS.blindmi_reference,
-        attack_epochs=FLAGS.attack_epochs, shadow_pruning=FLAGS.shadow_pruning, shadow_sparsity=FLAGS.shadow_sparsity,
-        data_dir=FLAGS.data_dir,
-        workdir=FLAGS.workdir or "", checkpoint_every=FLAGS.checkpoint_every)
+    # Every AuditConfig field has a flag of the same name.
+    values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(audit_lib.AuditConfig)}
+    cfg = audit_lib.AuditConfig(**{**values, "attacks": tuple(values["attacks"]),
+                                   "workdir": values["workdir"] or ""})
     try:
         if not cfg.workdir:
             r = audit_lib.validate(cfg)

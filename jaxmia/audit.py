@@ -278,7 +278,7 @@ def attack_stage(cfg, model, params, state, masks, model_splits, x, y, key,
         target["reference"] = _reference_features(cfg, model, params, state, masks, x,
                                                   attacker_rows)
     label_only = [a for a in cfg.attacks if a in attacks.LABEL_ONLY]
-    seconds = {}
+    seconds = {"features": round(time.perf_counter() - t_start, 2)}
     if label_only:
         t0 = time.perf_counter()
         lo_in = _label_only_features(cfg, model, params, state, masks, x, y, train_lists)
@@ -289,7 +289,6 @@ def attack_stage(cfg, model, params, state, masks, model_splits, x, y, key,
         lo_target, lo_member = join(lo_in[0], lo_out[0])
         seconds["label_only_queries"] = round(time.perf_counter() - t0, 2)
     results, scores = {}, {"is_member": is_member}
-    seconds["features"] = round(time.perf_counter() - t_start, 2)
     for name in cfg.attacks:
         t0 = time.perf_counter()
         extra = ({"epochs": cfg.attack_epochs}
@@ -400,11 +399,13 @@ def run(cfg: AuditConfig) -> dict:
             shadow_params = jax.tree.map(lambda a: a[shadow_rows], pre.params)
             other = pruning.make_masks(cfg.shadow_pruning or cfg.pruning, shadow_params,
                                        _shadow_sparsity(cfg), ensemble=True)
-            masks, params, model_state = (
-                jax.tree.map(lambda a, b: jnp.concatenate([a, b]), t, t_other)
-                for t, t_other in ((masks, other), (pre.params, shadow_params),
-                                   (pre.model_state,
-                                    jax.tree.map(lambda a: a[shadow_rows], pre.model_state))))
+            def append(tree, extra):  # models of ``extra`` after those of ``tree``
+                return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), tree, extra)
+
+            masks = append(masks, other)
+            params = append(pre.params, shadow_params)
+            model_state = append(pre.model_state,
+                                 jax.tree.map(lambda a: a[shadow_rows], pre.model_state))
             ft_ens = training.make_ensemble_data(
                 ds.x, ds.y, [s.train for s in splits + splits[1:]],
                 [s.dev for s in splits + splits[1:]])

@@ -37,8 +37,12 @@ def attack_inputs(kind: str, f: Features) -> np.ndarray:
         return p
     if kind == "top3":
         return -np.sort(-p, axis=-1)[:, :3]
-    onehot = np.eye(p.shape[-1], dtype=np.float32)[np.asarray(f["labels"])]
-    return np.concatenate([p, onehot], axis=-1)
+    return np.concatenate([p, onehot(f)], axis=-1)
+
+
+def onehot(f: Features) -> np.ndarray:
+    """The one-hot true labels ``[n, C]`` (float32) of a feature dict."""
+    return np.eye(f["probs"].shape[-1], dtype=np.float32)[np.asarray(f["labels"])]
 
 
 def train(module, x: np.ndarray, y: np.ndarray, config: training.TrainConfig, seed: int,
@@ -71,6 +75,12 @@ def with_epochs(config: training.TrainConfig, epochs: int | None) -> training.Tr
     return config if epochs is None else dataclasses.replace(config, epochs=epochs)
 
 
+def margin(trained, x: np.ndarray) -> np.ndarray:
+    """Score of a two-logit attack model: logit(member) - logit(non-member)."""
+    logits = predict(trained, x)
+    return logits[:, 1] - logits[:, 0]
+
+
 def make(kind: str, seed: int = 0, config: training.TrainConfig = TRAIN,
          epochs: int | None = None) -> Attack:
     """A classifier attack on ``kind`` inputs; ``seed`` fixes its init, dropout and shuffling;
@@ -83,8 +93,7 @@ def make(kind: str, seed: int = 0, config: training.TrainConfig = TRAIN,
                      f"attack_{kind}")
 
     def score(state, target: Features) -> np.ndarray:
-        logits = predict(state, attack_inputs(kind, target))
-        return logits[:, 1] - logits[:, 0]
+        return margin(state, attack_inputs(kind, target))
 
     return Attack(fit=fit, score=score, name=kind)
 

@@ -98,9 +98,8 @@ def num_parameters(num_classes: int) -> int:
 
 def attack_inputs(f: Features) -> np.ndarray:
     """[p, sensitivity, one-hot y] as one ``[n, 3C]`` array."""
-    p = np.asarray(f["probs"], np.float32)
-    onehot = np.eye(p.shape[-1], dtype=np.float32)[np.asarray(f["labels"])]
-    return np.concatenate([p, np.asarray(f["sensitivity"], np.float32), onehot], axis=-1)
+    return np.concatenate([np.asarray(f["probs"], np.float32),
+                           np.asarray(f["sensitivity"], np.float32), classifier.onehot(f)], axis=-1)
 
 
 def make(seed: int = 0, config=classifier.TRAIN, epochs: int | None = None) -> Attack:
@@ -111,8 +110,7 @@ def make(seed: int = 0, config=classifier.TRAIN, epochs: int | None = None) -> A
                                 "attack_samia")
 
     def score(state, target: Features) -> np.ndarray:
-        logits = classifier.predict(state, attack_inputs(target))
-        return logits[:, 1] - logits[:, 0]
+        return classifier.margin(state, attack_inputs(target))
 
     return Attack(fit=fit, score=score, name="samia")
 

@@ -28,14 +28,8 @@ TRAIN = training.TrainConfig(epochs=80, batch_size=128, lr=1e-3, weight_decay=0.
 
 
 def attack_inputs(f: Features) -> np.ndarray:
-    p = np.asarray(f["probs"], np.float32)
-    onehot = np.eye(p.shape[-1], dtype=np.float32)[np.asarray(f["labels"])]
-    return np.concatenate([onehot, p, np.asarray(f["sensitivity"], np.float32)], axis=-1)
-
-
-def _score(state, x):
-    logits = classifier.predict(state, x)
-    return logits[:, 1] - logits[:, 0]
+    return np.concatenate([classifier.onehot(f), np.asarray(f["probs"], np.float32),
+                           np.asarray(f["sensitivity"], np.float32)], axis=-1)
 
 
 def make(name: str, seed: int = 0, config: training.TrainConfig = TRAIN,
@@ -50,13 +44,13 @@ def make(name: str, seed: int = 0, config: training.TrainConfig = TRAIN,
             module = mlp.MLP(2, hidden=HIDDEN[name], dropout=0.0)
             state = classifier.train(module, x[kept], y[kept], dataclasses.replace(config, lr=lr),
                                      seed, f"attack_{name}_lr{lr:g}")
-            acc = metrics.balanced_accuracy(_score(state, x[held]) >= 0, y[held])
+            acc = metrics.balanced_accuracy(classifier.margin(state, x[held]) >= 0, y[held])
             if best is None or acc > best[0]:
                 best = (acc, state)
         return best[1]
 
     def score(state, target: Features) -> np.ndarray:
-        return _score(state, attack_inputs(target))
+        return classifier.margin(state, attack_inputs(target))
 
     return Attack(fit=fit, score=score, name=name)
 
