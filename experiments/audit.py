@@ -68,6 +68,26 @@ flags.DEFINE_integer("attack_epochs", None, "train every classifier attack this 
 flags.DEFINE_string("shadow_pruning", None, "unknown pruning knowledge: prune the shadows with "
                     "this method instead (default: the target's)")
 flags.DEFINE_float("shadow_sparsity", None, "unknown pruning knowledge: shadow sparsity")
+flags.DEFINE_string("optimizer", D.optimizer, "adam | sgd (momentum 0.9); with --defense=dp "
+                    "these become DP-Adam / DP-SGD")
+flags.DEFINE_string("defense", D.defense, "none | dp (DP-SGD for the target and, adaptively, "
+                    "the shadows)")
+flags.DEFINE_float("noise_multiplier", None, "DP: noise standard deviation / clip norm")
+flags.DEFINE_float("target_epsilon", None, "DP: calibrate the noise multiplier to this epsilon "
+                   "(at --delta, over the most steps the run can take)")
+flags.DEFINE_float("clip_norm", D.clip_norm, "DP: per-example gradient clipping bound")
+flags.DEFINE_float("delta", D.delta, "DP: delta of (epsilon, delta)")
+flags.DEFINE_string("dp_stages", D.dp_stages, "all (DP training and DP fine-tuning) | finetune "
+                    "(non-private pretraining, DP fine-tuning after pruning: the pruning paper's "
+                    "baseline; not DP end to end)")
+flags.DEFINE_string("dp_clipping", D.dp_clipping, "auto | vmap | ghost | microbatch "
+                    "(microbatch: mia_prune's clipping of micro-batch means)")
+flags.DEFINE_integer("dp_microbatch", D.dp_microbatch, "--dp_clipping=microbatch: rows per group")
+flags.DEFINE_integer("physical_batch", None, "DP: rows per forward/backward pass (memory); "
+                     "default: --batch_size")
+flags.DEFINE_string("accountant", D.accountant, "rdp | pld (dp-accounting)")
+flags.DEFINE_string("dp_noise_rng", D.dp_noise_rng, "threefry (JAX's PRNG) | fast "
+                    "(jaxmia.fastrand, non-cryptographic)")
 flags.DEFINE_string("data_dir", None, "data folder (default: $JAXMIA_DATA_DIR)")
 flags.DEFINE_string("workdir", None, "output folder (default: workdir/<dataset>_<model>_"
                     "<pruning><sparsity>_s<seed>)")
@@ -86,8 +106,10 @@ def main(argv):
     try:
         if not cfg.workdir:
             r = audit_lib.validate(cfg)
+            dp = ("" if r.defense == "none" else
+                  f"_dp{r.noise_multiplier if r.target_epsilon is None else r.target_epsilon}")
             cfg = dataclasses.replace(
-                cfg, workdir=f"workdir/{r.dataset}_{r.model}_{r.pruning}{r.sparsity}_s{r.seed}")
+                cfg, workdir=f"workdir/{r.dataset}_{r.model}_{r.pruning}{r.sparsity}{dp}_s{r.seed}")
         results = audit_lib.run(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -18,7 +18,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmia import attacks, data, features, io, metrics, models, pruning, reporting, training
+from jaxmia import (
+    accounting,
+    attacks,
+    clipping,
+    data,
+    dp,
+    features,
+    io,
+    metrics,
+    models,
+    pruning,
+    reporting,
+    training,
+)
 from jaxmia.errors import UserError
 
 PRUNING_CHOICES = tuple(pruning.METHODS) + ("imp", "none")
@@ -54,11 +67,24 @@ class AuditConfig:
     attack_epochs: int | None = None  # None: each classifier attack's own (paper) epochs
     shadow_pruning: str | None = None  # unknown pruning knowledge: shadows pruned otherwise
     shadow_sparsity: float | None = None
+    optimizer: str = "adam"  # 'adam' or 'sgd' (momentum 0.9); with --defense=dp: DP-Adam/DP-SGD
+    defense: str = "none"  # 'none' or 'dp' (DP-SGD; the shadows get the same settings)
+    noise_multiplier: float | None = None  # DP: sigma; or give target_epsilon instead
+    target_epsilon: float | None = None  # DP: calibrate sigma to this epsilon over the max steps
+    clip_norm: float = 1.0  # DP: per-example clipping bound C
+    delta: float = 1e-5  # DP: the delta of (epsilon, delta)
+    dp_stages: str = "all"  # 'all': DP training from scratch and DP fine-tuning; 'finetune':
+    # non-private pretraining, then DP fine-tuning after pruning (the pruning paper's baseline)
+    dp_clipping: str = "auto"  # clipping.METHODS ('auto' = ghost)
+    dp_microbatch: int = 64  # --dp_clipping=microbatch: rows per clipped group (mia_prune: 64)
+    physical_batch: int | None = None  # DP: rows per forward/backward pass (None: batch_size)
+    accountant: str = "rdp"  # accounting.ACCOUNTANTS
+    dp_noise_rng: str = "threefry"  # dp.NOISE_RNGS
     data_dir: str | None = None
     workdir: str = "workdir/audit"
     checkpoint_every: int = 1
 
-    def resolved(self) -> "AuditConfig":
+    def resolved(self) -> AuditConfig:
         simple = self.dataset in data.TABULAR or self.dataset == "digits"
         model = self.model or ("mlp" if simple else "resnet18")
         epochs = self.epochs if self.epochs is not None else (50 if simple else 100)
@@ -122,7 +148,51 @@ def validate(cfg: AuditConfig) -> AuditConfig:
         pruning.check_sparsity(cfg.shadow_sparsity)
     if unknown_knowledge(cfg) and cfg.pruning in ("imp", "none"):
         raise UserError("--shadow_pruning/--shadow_sparsity need a one-shot --pruning method")
+    if cfg.optimizer not in ("adam", "sgd"):
+        raise UserError(f"unknown --optimizer '{cfg.optimizer}'; choose adam or sgd")
+    _validate_dp(cfg)
     return cfg
+
+
+DEFENSES = ("none", "dp")
+DP_STAGES = ("all", "finetune")
+
+
+def _validate_dp(cfg: AuditConfig) -> None:
+    if cfg.defense not in DEFENSES:
+        raise UserError(f"unknown --defense '{cfg.defense}'; choose one of {', '.join(DEFENSES)}")
+    if cfg.defense != "dp":
+        if cfg.noise_multiplier is not None or cfg.target_epsilon is not None:
+            raise UserError("--noise_multiplier/--target_epsilon need --defense=dp")
+        return
+    if (cfg.noise_multiplier is None) == (cfg.target_epsilon is None):
+        raise UserError("--defense=dp needs exactly one of --noise_multiplier or "
+                        "--target_epsilon")
+    if cfg.noise_multiplier is not None and not cfg.noise_multiplier > 0:
+        raise UserError(f"--noise_multiplier must be > 0, got {cfg.noise_multiplier}")
+    if cfg.target_epsilon is not None and not cfg.target_epsilon > 0:
+        raise UserError(f"--target_epsilon must be > 0, got {cfg.target_epsilon}")
+    if not 0 < cfg.delta < 1:
+        raise UserError(f"--delta must be in (0, 1), got {cfg.delta}")
+    if cfg.dp_stages not in DP_STAGES:
+        raise UserError(f"unknown --dp_stages '{cfg.dp_stages}'; choose one of "
+                        f"{', '.join(DP_STAGES)}")
+    if cfg.accountant not in accounting.ACCOUNTANTS:
+        raise UserError(f"unknown --accountant '{cfg.accountant}'; choose one of "
+                        f"{', '.join(accounting.ACCOUNTANTS)}")
+    if cfg.dp_stages == "finetune" and (cfg.pruning == "none" or cfg.finetune_epochs == 0):
+        raise UserError("--dp_stages=finetune needs a fine-tuning stage (a --pruning method and "
+                        "--finetune_epochs >= 1)")
+    if cfg.pruning == "slim":
+        raise UserError("network slimming needs BatchNorm, which DP-SGD cannot train; choose "
+                        "another --pruning method with --defense=dp")
+    _dp_config(cfg, 1.0).validate(cfg.batch_size)
+
+
+def _dp_config(cfg: AuditConfig, noise_multiplier: float) -> dp.DPConfig:
+    return dp.DPConfig(noise_multiplier=noise_multiplier, clip_norm=cfg.clip_norm,
+                       clipping=cfg.dp_clipping, microbatch_size=cfg.dp_microbatch,
+                       physical_batch=cfg.physical_batch, noise_rng=cfg.dp_noise_rng)
 
 
 def is_image(dataset: str) -> bool:
@@ -297,7 +367,7 @@ def attack_stage(cfg, model, params, state, masks, model_splits, x, y, key,
         if name in attacks.LABEL_ONLY:
             s = attack.score(attack.fit(lo_shadow, lo_shadow_member), lo_target)
             results[name] = metrics.summarize_with_ci(s, lo_member, seed=cfg.seed)
-            results[name]["num_examples"] = int(len(s))
+            results[name]["num_examples"] = len(s)
             scores[name], scores[f"{name}/is_member"] = s, lo_member
         else:
             s = attack.score(attack.fit(shadow, shadow_member), target)
@@ -331,6 +401,8 @@ def run(cfg: AuditConfig) -> dict:
     if cfg.pruning == "slim" and not model.has_batchnorm:
         raise UserError(f"network slimming needs BatchNorm, and {cfg.model} with norm "
                         f"'{cfg.norm}' has none; use --norm=batch with an image model")
+    if cfg.defense == "dp":
+        clipping.check_model(model)
     splits = data.mia_prune_splits(len(ds), cfg.num_shadows, cfg.seed)
     timing["load_data"] = time.perf_counter() - t0
 
@@ -350,7 +422,16 @@ def run(cfg: AuditConfig) -> dict:
                                       [s.dev for s in splits])
     train_cfg = training.TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                      weight_decay=cfg.weight_decay, patience=cfg.patience,
+                                     optimizer=cfg.optimizer,
                                      checkpoint_every=cfg.checkpoint_every)
+    ft_cfg = dataclasses.replace(train_cfg, epochs=max(cfg.finetune_epochs, 1))
+    privacy = None
+    if cfg.defense == "dp":
+        privacy = _privacy_plan(cfg, ens)
+        dp_cfg = _dp_config(cfg, privacy["noise_multiplier"])
+        ft_cfg = dataclasses.replace(ft_cfg, dp=dp_cfg)
+        if cfg.dp_stages == "all":
+            train_cfg = dataclasses.replace(train_cfg, dp=dp_cfg)
     init_params, init_state = training.init_ensemble(model, jax.random.split(init_key, num_models))
     ones = pruning.ones_like(init_params)
 
@@ -366,7 +447,7 @@ def run(cfg: AuditConfig) -> dict:
     timing["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    ft_cfg = dataclasses.replace(train_cfg, epochs=max(cfg.finetune_epochs, 1))
+    finetunes = []  # the fit results of every fine-tuning (IMP: every round), for accounting
     ft_keys = jax.random.split(finetune_key, num_models)
     if cfg.pruning == "none" or (cfg.finetune_epochs == 0 and cfg.pruning != "imp"):
         masks = pruning.make_masks("none" if cfg.pruning == "none" else cfg.pruning,
@@ -383,6 +464,7 @@ def run(cfg: AuditConfig) -> dict:
                                checkpoint_dir=os.path.join(ckpt, f"imp_round{r}"),
                                metrics_path=metrics_path, stage=f"imp_round{r}")
             results_by_round[r] = res
+            finetunes.append(res)
             return res.params
 
         _, masks = pruning.iterative_magnitude(
@@ -417,6 +499,7 @@ def run(cfg: AuditConfig) -> dict:
                               masks, ft_ens, ft_cfg, ft_keys,
                               checkpoint_dir=os.path.join(ckpt, "finetune"),
                               metrics_path=metrics_path, stage="finetune")
+        finetunes.append(pruned)
     timing["prune_finetune"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -466,6 +549,8 @@ def run(cfg: AuditConfig) -> dict:
         "jax": {"version": jax.__version__, "backend": jax.default_backend(),
                 "devices": jax.device_count()},
     }
+    if privacy is not None:
+        out["dp"] = _privacy_report(cfg, privacy, pre, finetunes)
     if unknown_knowledge(cfg):
         out["unknown_pruning_knowledge"] = {
             "shadow_pruning": cfg.shadow_pruning or cfg.pruning,
@@ -479,6 +564,49 @@ def run(cfg: AuditConfig) -> dict:
     _figures(cfg, all_scores, stages, target_features, results["gaps"])
     io.write_json(os.path.join(cfg.workdir, "results.json"), out)
     return out
+
+
+def _privacy_plan(cfg: AuditConfig, ens: training.EnsembleData) -> dict:
+    """The target's sampling rate and the noise multiplier (given, or calibrated to
+    ``target_epsilon`` over the most steps the run can take)."""
+    q = dp.sampling_rate(cfg.batch_size, int(ens.train_n[0]))
+    per_epoch = training.epoch_steps(ens, cfg.batch_size)
+    rounds = cfg.imp_rounds if cfg.pruning == "imp" else int(
+        cfg.pruning != "none" and cfg.finetune_epochs > 0)
+    max_steps = (per_epoch * cfg.epochs * (cfg.dp_stages == "all")
+                 + per_epoch * max(cfg.finetune_epochs, 1) * rounds)
+    factor = _dp_config(cfg, 1.0).sensitivity_factor
+    sigma = cfg.noise_multiplier
+    if sigma is None:
+        sigma = accounting.calibrate(cfg.target_epsilon, [(q, max_steps)], cfg.delta,
+                                     cfg.accountant, factor)
+        _log(f"[audit] DP: noise multiplier {sigma:.4f} gives epsilon {cfg.target_epsilon} at "
+             f"delta {cfg.delta} over at most {max_steps} steps (q = {q:.4f})")
+    return {"noise_multiplier": float(sigma), "sampling_rate": q, "max_steps": max_steps,
+            "sensitivity_factor": factor}
+
+
+def _privacy_report(cfg: AuditConfig, plan: dict, pre, finetunes) -> dict:
+    """epsilon of the target after each stage, from the steps it really took."""
+    sigma, q, factor = plan["noise_multiplier"], plan["sampling_rate"], plan["sensitivity_factor"]
+    pre_steps = int(pre.steps[0]) if cfg.dp_stages == "all" else 0
+    ft_steps = sum(int(r.steps[0]) for r in finetunes)
+
+    def eps(steps):
+        return accounting.epsilon(sigma, [(q, steps)], cfg.delta, cfg.accountant, factor)
+
+    return {
+        "epsilon": eps(pre_steps + ft_steps),  # the released (pruned) target
+        "epsilon_unpruned": eps(pre_steps) if cfg.dp_stages == "all" else None,
+        "delta": cfg.delta, "noise_multiplier": sigma, "target_epsilon": cfg.target_epsilon,
+        "sampling_rate": q, "steps": {"pretrain": pre_steps, "finetune": ft_steps},
+        "clip_norm": cfg.clip_norm, "accountant": f"dp_accounting {cfg.accountant}",
+        "clipping": cfg.dp_clipping, "sensitivity_factor": factor, "stages": cfg.dp_stages,
+        "covers": ("training from scratch and fine-tuning" if cfg.dp_stages == "all" else
+                   "fine-tuning only: pretraining on the same data was not private, so the "
+                   "pruned model is not differentially private end to end"),
+        "shadows": "trained with the same DP settings (adaptive attacker)",
+    }
 
 
 def _shadow_sparsity(cfg: AuditConfig) -> float:
@@ -526,6 +654,15 @@ def format_table(results: dict) -> str:
         lines.append(f"unknown pruning knowledge (shadows: {u['shadow_pruning']} @ "
                      f"{u['shadow_sparsity']}), attack accuracy loss: " + ", ".join(
                          f"{a} {v:+.3f}" for a, v in u["attack_accuracy_loss"].items()))
+    if "dp" in results:
+        d = results["dp"]
+        unpruned = ("" if d["epsilon_unpruned"] is None
+                    else f", unpruned target epsilon {d['epsilon_unpruned']:.3f}")
+        lines.append(f"DP-SGD ({d['clipping']} clipping, C = {d['clip_norm']}, sigma = "
+                     f"{d['noise_multiplier']:.4f}, q = {d['sampling_rate']:.4f}, steps "
+                     f"{d['steps']['pretrain']} + {d['steps']['finetune']}): epsilon "
+                     f"{d['epsilon']:.3f} at delta {d['delta']:g} ({d['accountant']})"
+                     f"{unpruned}; covers {d['covers']}")
     t = results["timing_s"]
     lines.append("")
     lines.append("wall time (s): " + ", ".join(f"{k} {v}" for k, v in t.items()))

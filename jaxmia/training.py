@@ -25,7 +25,7 @@ import functools
 import json
 import os
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,10 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxmia import pruning
+from jaxmia import clipping, pruning
+from jaxmia import dp as dp_lib
 from jaxmia.base import Masks, Model, ModelState, Params
+from jaxmia.dp import DPConfig
 from jaxmia.errors import UserError
 
 Regularizer = Callable[[Params], jax.Array]
@@ -65,6 +67,9 @@ class TrainConfig:
     # 'cross_entropy' (logits [B, C], integer labels) or 'sigmoid_mse' (one logit z [B, 1],
     # labels {0, 1}, loss (sigmoid(z) - y)^2: the GRIP paper's attack model).
     loss: str = "cross_entropy"
+    # DP-SGD (jaxmia.dp): Poisson-sampled batches of ``batch_size`` expected rows, per-example
+    # clipping and noise. None: ordinary training.
+    dp: DPConfig | None = None
 
 
 MODES = ("auto", "fused", "stepwise")
@@ -169,6 +174,12 @@ class EnsembleData:
         return int(self.train_idx.shape[0])
 
 
+def epoch_steps(data: EnsembleData, batch_size: int) -> int:
+    """Steps every model takes in one epoch: ``ceil(n_max / batch_size)`` (also with DP, where
+    each step is a Poisson sample of expected size ``batch_size``)."""
+    return -(-int(data.train_idx.shape[1]) // batch_size)
+
+
 def pad_indices(index_lists) -> tuple[np.ndarray, np.ndarray]:
     """Stacks index arrays of different lengths into ``[K, max]`` (padded with 0) and counts."""
     n = np.asarray([len(a) for a in index_lists], np.int32)
@@ -190,12 +201,20 @@ def _select(pred, new, old):
 
 
 def make_train_step(model: Model, tx: optax.GradientTransformation,
-                    regularizer: Regularizer | None = None, loss: str = "cross_entropy"):
-    """Returns the pure single-model ``step(state, x, y, weight, key) -> (state, metrics)``.
+                    regularizer: Regularizer | None = None, loss: str = "cross_entropy",
+                    dp: DPConfig | None = None, batch_size: int | None = None,
+                    pruned: frozenset = frozenset()):
+    """Returns the pure single-model ``step(state, x, y, weight, key, live=None) -> (state,
+    metrics)``.
 
-    ``weight`` is 1 for real rows and 0 for padding; the loss is the weighted mean of ``loss``
-    (a ``LOSSES`` name, cross-entropy by default), plus ``regularizer(params)``. A batch with no real rows leaves the state unchanged. Updated
-    params are multiplied by the masks, so pruned weights stay exactly zero.
+    ``weight`` is 1 for real rows and 0 for padding. Without ``dp`` the gradient is that of the
+    weighted mean of ``loss`` (a ``LOSSES`` name) plus ``regularizer(params)``, and a batch with no
+    real rows leaves the state unchanged. With ``dp`` (DP-SGD, :mod:`jaxmia.dp`) the batch is a
+    Poisson-sampled logical batch of ``batch_size`` expected rows, its gradient is clipped per
+    example, noised and divided by ``batch_size``; the step is taken even when no row was sampled
+    (a noise-only step), and ``pruned`` names the layers whose masks have zeros. ``live`` (a bool)
+    overrides whether the step happens (an early-stopped model takes none). Updated params are
+    multiplied by the masks, so pruned weights stay exactly zero.
     """
 
     if loss not in LOSSES:
@@ -206,22 +225,36 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
         logits, new_model_state = model.apply(pruning.apply_masks(params, state.masks),
                                               state.model_state, x, train=True, key=key)
         per_example = loss_of(logits, y)
-        total = jnp.sum(weight * per_example) / jnp.maximum(jnp.sum(weight), 1.0)
+        n = jnp.sum(weight)
+        total = jnp.sum(weight * per_example) / jnp.maximum(n, 1.0)
         if regularizer is not None:
             total = total + regularizer(params)
         correct = jnp.sum(weight * (predicted_class(logits) == y))
-        return total, (new_model_state, correct)
+        return total, (new_model_state, {"loss_sum": total * n, "correct": correct, "n": n})
 
-    def step(state: TrainState, x, y, weight, key):
-        (loss, (model_state, correct)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state, x, y, weight, key)
+    if dp is not None:
+        dp_grad = dp_lib.make_gradient(model, loss_of, predicted_class, dp, batch_size, pruned)
+
+    def gradient(state: TrainState, x, y, weight, key):
+        if dp is None:
+            grads, (model_state, metrics) = jax.grad(loss_fn, has_aux=True)(
+                state.params, state, x, y, weight, key)
+            return grads, model_state, metrics
+        grads, metrics = dp_grad(state.params, state.masks, state.model_state, x, y, weight,
+                                 key)
+        if regularizer is not None:  # a function of the params only: no privacy cost
+            grads = jax.tree.map(jnp.add, grads, jax.grad(regularizer)(state.params))
+        return grads, state.model_state, metrics
+
+    def step(state: TrainState, x, y, weight, key, live=None):
+        grads, model_state, metrics = gradient(state, x, y, weight, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = pruning.apply_masks(optax.apply_updates(state.params, updates), state.masks)
         new = TrainState(step=state.step + 1, params=params, masks=state.masks,
                          model_state=model_state, opt_state=opt_state)
-        active = jnp.sum(weight) > 0
-        n = jnp.sum(weight)
-        return _select(active, new, state), {"loss_sum": loss * n, "correct": correct, "n": n}
+        if live is None:
+            live = jnp.sum(weight) > 0
+        return _select(live, new, state), metrics
 
     return step
 
@@ -233,57 +266,106 @@ def _epoch_order(key, n_valid, n_max):
     return jnp.argsort(priority)
 
 
+def _shuffle_plan(done, idx, n, key, batch_size):
+    """One model's epoch without replacement: row positions, weights and liveness of every
+    batch, and its step key."""
+    n_max = idx.shape[0]
+    num_batches = -(-n_max // batch_size)
+    order_key, step_key = jax.random.split(key)
+    order = _epoch_order(order_key, n, n_max)
+    order = jnp.pad(order, (0, num_batches * batch_size - n_max), constant_values=n_max)
+    valid = ((order < n) & ~done).reshape(num_batches, batch_size)
+    rows = idx[jnp.minimum(order, n_max - 1)]
+    return (rows.reshape(num_batches, batch_size), valid.astype(jnp.float32),
+            jnp.any(valid, axis=1), step_key)
+
+
+def _poisson_chosen(done, n, n_max, key, batch_size):
+    """Poisson sampling of one model's epoch: ``[steps, n_max]`` membership of each row in each
+    logical batch (rate ``batch_size / n``; nothing once the model has stopped)."""
+    steps = -(-n_max // batch_size)
+    q = jnp.minimum(1.0, batch_size / jnp.maximum(n, 1))
+    u = jax.random.uniform(jax.random.split(key)[0], (steps, n_max))
+    return (u < q) & (jnp.arange(n_max) < n)[None, :] & ~done
+
+
+def _poisson_plan(done, idx, n, key, batch_size, capacity):
+    """Rows of each Poisson-sampled logical batch, first ``capacity`` positions (padded)."""
+    n_max = idx.shape[0]
+    chosen = _poisson_chosen(done, n, n_max, key, batch_size)
+    if capacity > n_max:
+        chosen = jnp.pad(chosen, ((0, 0), (0, capacity - n_max)))
+    order = jnp.argsort(~chosen, axis=1, stable=True)[:, :capacity]
+    valid = jnp.take_along_axis(chosen, order, axis=1)
+    rows = idx[jnp.minimum(order, n_max - 1)]
+    live = jnp.broadcast_to(~done, (order.shape[0],))
+    return rows, valid.astype(jnp.float32), live, jax.random.split(key)[1]
+
+
 def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | None = None,
-                  mode: str = "fused", loss: str = "cross_entropy"):
+                  mode: str = "fused", loss: str = "cross_entropy", dp: DPConfig | None = None,
+                  pruned: frozenset = frozenset()):
     """Returns the ensemble epoch ``(states, es, data, keys) -> (states, metrics)``.
 
-    Model k shuffles its own rows with ``keys[k]`` and takes ``ceil(n_max / batch_size)`` steps
-    (padding rows carry no weight; a model that has stopped early takes none). ``mode`` is
-    'fused' or 'stepwise' (see ``TrainConfig.ensemble_mode``); both compute the same thing.
+    Model k draws its batches with ``keys[k]`` and takes ``ceil(n_max / batch_size)`` steps; a
+    model that has stopped early takes none. Without ``dp`` it shuffles its rows into batches
+    (padding rows carry no weight). With ``dp`` each step is a Poisson-sampled logical batch,
+    padded to a multiple of the physical batch; that multiple is the epoch's largest over steps
+    and models, read on the host, so shapes change (and the step recompiles) only when it does.
+    ``mode`` is 'fused' or 'stepwise' (see ``TrainConfig.ensemble_mode``); both compute the
+    same thing.
     """
-    step = make_train_step(model, tx, regularizer, loss)
+    step = make_train_step(model, tx, regularizer, loss, dp=dp, batch_size=batch_size,
+                           pruned=pruned)
 
-    def plan(done, idx, n, key):
-        """One model's epoch: row positions and weights of every batch, and its step key."""
-        n_max = idx.shape[0]
-        num_batches = -(-n_max // batch_size)
-        order_key, step_key = jax.random.split(key)
-        order = _epoch_order(order_key, n, n_max)
-        order = jnp.pad(order, (0, num_batches * batch_size - n_max), constant_values=n_max)
-        valid = (order < n) & ~done
-        rows = idx[jnp.minimum(order, n_max - 1)]
-        return (rows.reshape(num_batches, batch_size),
-                valid.reshape(num_batches, batch_size).astype(jnp.float32), step_key)
+    def batch_step(state, rows, w, live, step_key, j, x_all, y_all):
+        return step(state, x_all[rows], y_all[rows], w, jax.random.fold_in(step_key, j), live)
 
-    def batch_step(state, rows, w, step_key, j, x_all, y_all):
-        return step(state, x_all[rows], y_all[rows], w, jax.random.fold_in(step_key, j))
-
-    def fused_one(state, done, idx, n, key, x_all, y_all):
-        rows, w, step_key = plan(done, idx, n, key)
-
+    def run_one(state, rows, w, live, step_key, x_all, y_all):
         def body(state, j):
-            return batch_step(state, rows[j], w[j], step_key, j, x_all, y_all)
+            return batch_step(state, rows[j], w[j], live[j], step_key, j, x_all, y_all)
 
         state, metrics = jax.lax.scan(body, state, jnp.arange(rows.shape[0]))
         return state, jax.tree.map(jnp.sum, metrics)
 
+    if dp is None:
+        plan_all = jax.jit(jax.vmap(functools.partial(_shuffle_plan, batch_size=batch_size)))
+
+        def plan(es, data, keys):
+            return plan_all(es.done, data.train_idx, data.train_n, keys)
+    else:
+        physical = dp.physical(batch_size)
+        counts_all = jax.jit(jax.vmap(lambda done, n, key, n_max: _poisson_chosen(
+            done, n, n_max, key, batch_size).sum(1), in_axes=(0, 0, 0, None)),
+            static_argnums=3)
+        plans = {}
+
+        def plan(es, data, keys):
+            n_max = int(data.train_idx.shape[1])
+            most = int(jnp.max(counts_all(es.done, data.train_n, keys, n_max)))
+            capacity = physical * max(1, -(-most // physical))
+            if capacity not in plans:
+                plans[capacity] = jax.jit(jax.vmap(functools.partial(
+                    _poisson_plan, batch_size=batch_size, capacity=capacity)))
+            return plans[capacity](es.done, data.train_idx, data.train_n, keys)
+
     if mode == "fused":
-        @jax.jit
+        run_all = jax.jit(jax.vmap(run_one, in_axes=(0, 0, 0, 0, 0, None, None)))
+
         def epoch(states, es, data: EnsembleData, keys):
-            return jax.vmap(fused_one, in_axes=(0, 0, 0, 0, 0, None, None))(
-                states, es.done, data.train_idx, data.train_n, keys, data.x, data.y)
+            rows, w, live, step_keys = plan(es, data, keys)
+            return run_all(states, rows, w, live, step_keys, data.x, data.y)
 
         return epoch
 
-    plan_all = jax.jit(jax.vmap(plan))
-    step_all = jax.jit(unrolled_models(batch_step, (0, 0, 0, 0, None, None, None)))
+    step_all = jax.jit(unrolled_models(batch_step, (0, 0, 0, 0, 0, None, None, None)))
 
     def epoch(states, es, data: EnsembleData, keys):
-        rows, w, step_keys = plan_all(es.done, data.train_idx, data.train_n, keys)
+        rows, w, live, step_keys = plan(es, data, keys)
         totals = None
         for j in range(rows.shape[1]):
-            states, m = step_all(states, rows[:, j], w[:, j], step_keys, jnp.int32(j),
-                                 data.x, data.y)
+            states, m = step_all(states, rows[:, j], w[:, j], live[:, j], step_keys,
+                                 jnp.int32(j), data.x, data.y)
             totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
         return states, totals
 
@@ -357,6 +439,7 @@ class FitResult:
     best_epoch: np.ndarray
     best_dev_acc: np.ndarray
     epochs_run: int
+    steps: np.ndarray | None = None  # [K] optimizer steps each model took (DP accounting)
 
 
 class Checkpointer:
@@ -396,11 +479,11 @@ class Checkpointer:
 
 @functools.lru_cache(maxsize=16)
 def _compiled(model: Model, cfg: TrainConfig, regularizer: Regularizer | None,
-              steps_per_epoch: int):
-    """The epoch and evaluation functions, built once per (model, config, regularizer, steps);
-    ``cfg.ensemble_mode`` is already resolved to 'fused' or 'stepwise'."""
+              steps_per_epoch: int, pruned: frozenset):
+    """The epoch and evaluation functions, built once per (model, config, regularizer, steps,
+    pruned layers); ``cfg.ensemble_mode`` is already resolved to 'fused' or 'stepwise'."""
     epoch_fn = make_epoch_fn(model, make_optimizer(cfg, steps_per_epoch), cfg.batch_size,
-                             regularizer, cfg.ensemble_mode, cfg.loss)
+                             regularizer, cfg.ensemble_mode, cfg.loss, cfg.dp, pruned)
     update = jax.jit(_early_stop_update, static_argnums=(4,))
 
     def evaluate(states, es, epoch, data):
@@ -441,7 +524,12 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     """
     if cfg.keep not in ("best", "last"):
         raise UserError(f"unknown keep='{cfg.keep}'; choose best or last")
-    steps_per_epoch = -(-int(data.train_idx.shape[1]) // cfg.batch_size)
+    pruned = frozenset()
+    if cfg.dp is not None:
+        cfg.dp.validate(cfg.batch_size)
+        clipping.check_model(model)
+        pruned = clipping.pruned_layers(masks)
+    steps_per_epoch = epoch_steps(data, cfg.batch_size)
     tx = make_optimizer(cfg, steps_per_epoch)
     states = TrainState(step=jnp.zeros((data.num_models,), jnp.int32), params=params, masks=masks,
                         model_state=model_state, opt_state=jax.jit(jax.vmap(tx.init))(params))
@@ -462,7 +550,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     epoch_fn, evaluate = _compiled(
         model, dataclasses.replace(cfg, epochs=0, checkpoint_every=1, ensemble_mode=mode,
                                    keep="best"),
-        regularizer, steps_per_epoch)
+        regularizer, steps_per_epoch, pruned)
 
     bar = tqdm(range(start, cfg.epochs), desc=stage, file=sys.stderr, leave=False,
                initial=start, total=cfg.epochs)
@@ -494,10 +582,13 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     if cfg.keep == "last":
         return FitResult(params=states.params, model_state=states.model_state, masks=masks,
                          best_epoch=np.full(data.num_models, epochs_run - 1),
-                         best_dev_acc=np.asarray(es.best_acc), epochs_run=epochs_run)
+                         best_dev_acc=np.asarray(es.best_acc), epochs_run=epochs_run,
+                         steps=np.asarray(states.step))
+    # With DP, the best-on-dev choice looks at the whole trajectory, so ``steps`` (all steps
+    # taken, not those up to the best epoch) is what the privacy accounting must count.
     return FitResult(params=es.best_params, model_state=es.best_model_state, masks=masks,
                      best_epoch=np.asarray(es.best_epoch), best_dev_acc=np.asarray(es.best_acc),
-                     epochs_run=epochs_run)
+                     epochs_run=epochs_run, steps=np.asarray(states.step))
 
 
 def _snapshot(states: TrainState, es: EarlyStopState, epochs_done: int) -> dict:

@@ -1,0 +1,76 @@
+"""A BERT-shaped text classifier: token + position embeddings, post-LayerNorm Transformer encoder
+blocks (BERT's layout: attention, add & LayerNorm, GELU feed-forward, add & LayerNorm), the first
+token's state into a dense classifier.
+
+Used by the DP tests and benchmark (ghost clipping of embeddings, attention projections and
+LayerNorm) at BERT-like shapes; the defaults are all-MiniLM-L6-v2's widths (hidden 384, 12 heads,
+feed-forward 1536). Inputs are int token ids ``[B, T]``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxmia.base import Model
+from jaxmia.models import layers
+from jaxmia.models.wrap import from_linen
+
+_init = nn.initializers.normal(0.02)  # BERT's initializer range
+
+
+class EncoderBlock(nn.Module):
+    hidden: int = 384
+    heads: int = 12
+    feed_forward: int = 1536
+    dropout: float = 0.1
+
+    @nn.compact
+    def __call__(self, h, train: bool):
+        b, t, _ = h.shape
+        head_dim = self.hidden // self.heads
+
+        def project(name):
+            z = nn.Dense(self.hidden, kernel_init=_init, name=name)(h)
+            return z.reshape(b, t, self.heads, head_dim)
+
+        q, k, v = project("query"), project("key"), project("value")
+        weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim), -1)
+        attn = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, self.hidden)
+        attn = nn.Dense(self.hidden, kernel_init=_init, name="attention_out")(attn)
+        h = nn.LayerNorm(epsilon=1e-12, name="attention_norm")(
+            h + layers.Dropout(self.dropout)(attn, train))
+        ff = nn.gelu(nn.Dense(self.feed_forward, kernel_init=_init, name="intermediate")(h),
+                     approximate=False)
+        ff = nn.Dense(self.hidden, kernel_init=_init, name="output")(ff)
+        return nn.LayerNorm(epsilon=1e-12, name="output_norm")(
+            h + layers.Dropout(self.dropout)(ff, train))
+
+
+class TextEncoder(nn.Module):
+    num_classes: int
+    vocab_size: int = 30522
+    max_len: int = 512
+    hidden: int = 384
+    heads: int = 12
+    feed_forward: int = 1536
+    num_layers: int = 1
+    dropout: float = 0.1
+
+    @nn.compact
+    def __call__(self, ids, train: bool):
+        ids = ids.astype(jnp.int32)
+        h = nn.Embed(self.vocab_size, self.hidden, embedding_init=_init, name="word")(ids)
+        h = h + nn.Embed(self.max_len, self.hidden, embedding_init=_init, name="position")(
+            jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape))
+        h = nn.LayerNorm(epsilon=1e-12, name="embedding_norm")(h)
+        for i in range(self.num_layers):
+            h = EncoderBlock(self.hidden, self.heads, self.feed_forward, self.dropout,
+                             name=f"block_{i}")(h, train)
+        return nn.Dense(self.num_classes, kernel_init=_init, name="classifier")(h[:, 0])
+
+
+def make(num_classes: int, seq_len: int, **kwargs) -> Model:
+    """``TextEncoder(num_classes, **kwargs)`` on ``[B, seq_len]`` token ids."""
+    return from_linen(TextEncoder(num_classes, **kwargs), (seq_len,), "text_encoder")
