@@ -82,6 +82,12 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--dataset=location", "--attacks=label_aug"], "need an image dataset"),
     (["--attacks=samia", "--sensitivity_samples=0"], "need the sensitivity feature"),
     (["--shadow_pruning=magic"], "unknown --shadow_pruning 'magic'"),
+    (["--defense=dp"], "needs exactly one of --noise_multiplier or --target_epsilon"),
+    (["--defense=dp", "--noise_multiplier=1", "--delta=2"], "--delta must be in (0, 1)"),
+    (["--defense=dp", "--noise_multiplier=1", "--dp_clipping=magic"], "unknown --dp_clipping"),
+    (["--defense=dp", "--noise_multiplier=1", "--model=resnet20"], "with --norm=group (GroupNorm)"),
+    (["--noise_multiplier=1"], "need --defense=dp"),
+    (["--defense=magic"], "unknown --defense 'magic'"),
 ])
 def test_bad_input_one_line_nonzero_nothing_written(tmp_path, args, expect):
     work = tmp_path / "w"
@@ -125,3 +131,26 @@ def test_unknown_pruning_knowledge_reports_the_attack_accuracy_loss(tmp_path):
     assert res["accuracy"]["pruned"]["target_test_acc"] == \
         res["accuracy"]["pruned_unknown_knowledge"]["target_test_acc"]
     assert "unknown pruning knowledge" in r.stdout
+
+
+def test_dp_audit_reports_epsilon_and_calibrates_to_a_target(tmp_path):
+    work = tmp_path / "dp"
+    r = _run(f"--workdir={work}", "--epochs=3", "--num_shadows=1", "--attacks=threshold",
+             "--defense=dp", "--target_epsilon=4", "--delta=1e-4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((work / "results.json").read_text())
+    d = res["dp"]
+    for key in ("epsilon", "delta", "noise_multiplier", "sampling_rate", "steps", "clip_norm",
+                "accountant"):
+        assert key in d
+    assert d["accountant"] == "dp_accounting rdp" and d["delta"] == 1e-4
+    # digits: target train 797 rows, batch 128 -> q = 128 / 797; at most 3 + 1 epochs of
+    # ceil(n_max / 128) steps; the calibrated sigma spends at most epsilon = 4 over those.
+    assert d["sampling_rate"] == pytest.approx(128 / res["split_sizes"]["target_train"])
+    assert 0 < d["epsilon"] <= 4 * 1.001
+    assert d["epsilon_unpruned"] < d["epsilon"]
+    assert d["steps"]["pretrain"] > 0 and d["steps"]["finetune"] > 0
+    from jaxmia import accounting
+    assert d["epsilon"] == pytest.approx(accounting.epsilon(
+        d["noise_multiplier"], [(d["sampling_rate"], sum(d["steps"].values()))], 1e-4))
+    assert "DP-SGD" in r.stdout and "epsilon" in r.stdout
