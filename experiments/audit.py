@@ -82,6 +82,8 @@ flags.DEFINE_string("dp_stages", D.dp_stages, "all (DP training and DP fine-tuni
                     "baseline; not DP end to end)")
 flags.DEFINE_string("dp_clipping", D.dp_clipping, "auto | vmap | ghost | microbatch "
                     "(microbatch: mia_prune's clipping of micro-batch means)")
+flags.DEFINE_string("dp_ghost_form", D.dp_ghost_form, "ghost clipping, per layer: auto (the "
+                    "cheaper of gram and direct) | gram | direct (pruned layers always direct)")
 flags.DEFINE_integer("dp_microbatch", D.dp_microbatch, "--dp_clipping=microbatch: rows per group")
 flags.DEFINE_integer("physical_batch", None, "DP: rows per forward/backward pass (memory); "
                      "default: --batch_size")

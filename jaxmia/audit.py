@@ -77,6 +77,7 @@ class AuditConfig:
     # non-private pretraining, then DP fine-tuning after pruning (the pruning paper's baseline)
     dp_clipping: str = "auto"  # clipping.METHODS ('auto' = ghost)
     dp_microbatch: int = 64  # --dp_clipping=microbatch: rows per clipped group (mia_prune: 64)
+    dp_ghost_form: str = "auto"  # clipping.GHOST_FORMS: per layer by cost, or forced
     physical_batch: int | None = None  # DP: rows per forward/backward pass (None: batch_size)
     accountant: str = "rdp"  # accounting.ACCOUNTANTS
     dp_noise_rng: str = "threefry"  # dp.NOISE_RNGS
@@ -192,7 +193,8 @@ def _validate_dp(cfg: AuditConfig) -> None:
 def _dp_config(cfg: AuditConfig, noise_multiplier: float) -> dp.DPConfig:
     return dp.DPConfig(noise_multiplier=noise_multiplier, clip_norm=cfg.clip_norm,
                        clipping=cfg.dp_clipping, microbatch_size=cfg.dp_microbatch,
-                       physical_batch=cfg.physical_batch, noise_rng=cfg.dp_noise_rng)
+                       physical_batch=cfg.physical_batch, ghost_form=cfg.dp_ghost_form,
+                       noise_rng=cfg.dp_noise_rng)
 
 
 def is_image(dataset: str) -> bool:

@@ -276,24 +276,25 @@ def _matrix_to_kernel(matrix, kernel_shape):
     return moved.transpose(tuple(range(1, nd + 1)) + (0, nd + 1))
 
 
-def _matmul_sq_norms(a, g, mask, form):
-    """Per-example ``||M * (a_i^T g_i)||^2`` for ``a [B, T, d]``, ``g [B, T, p]``; ``mask`` None
-    when the layer is unpruned."""
+def _matmul_terms(a, g, mask, form):
+    """Per-example ``||M * (a_i^T g_i)||^2`` for ``a [B, T, d]``, ``g [B, T, p]`` (``mask`` None
+    when the layer is unpruned), and the per-example gradients ``[B, d, p]`` when the direct
+    form formed them (so the clipped sum is a cheap weighted sum of them), else None."""
     t, d, p = a.shape[1], a.shape[2], g.shape[2]
     if t == 1:
         a2, g2 = jnp.square(a[:, 0]), jnp.square(g[:, 0])
         if mask is None:
-            return jnp.sum(a2, 1) * jnp.sum(g2, 1)
-        return jnp.einsum("bd,dp,bp->b", a2, mask, g2)
+            return jnp.sum(a2, 1) * jnp.sum(g2, 1), None
+        return jnp.einsum("bd,dp,bp->b", a2, mask, g2), None
     if form == "auto":
         form = "gram" if mask is None and t * t * (d + p) < t * d * p else "direct"
     if form == "gram" and mask is None:
         return jnp.sum(jnp.einsum("btd,bsd->bts", a, a) * jnp.einsum("btp,bsp->bts", g, g),
-                       axis=(1, 2))
+                       axis=(1, 2)), None
     per_example = jnp.einsum("btd,btp->bdp", a, g)
     if mask is not None:
         per_example = per_example * mask
-    return jnp.sum(jnp.square(per_example), axis=(1, 2))
+    return jnp.sum(jnp.square(per_example), axis=(1, 2)), per_example
 
 
 def _normalized(x, layer: _Layer):
@@ -327,7 +328,7 @@ def _layer_terms(layer: _Layer, a, g, p, m, pruned: bool, form: str):
         else:
             a3, kmask = _flat(a), kernel_mask
         g3 = _flat(g)
-        sq = _matmul_sq_norms(a3, g3, kmask, form)
+        sq, per_example = _matmul_terms(a3, g3, kmask, form)
         has_bias = "bias" in p
         if has_bias:
             gb = jnp.sum(g3, 1)
@@ -336,9 +337,12 @@ def _layer_terms(layer: _Layer, a, g, p, m, pruned: bool, form: str):
             sq = sq + jnp.sum(jnp.square(gb), 1)
 
         def clipped(c):
-            w = jnp.einsum("btd,btp,b->dp", a3, g3, c)
-            if kmask is not None:
-                w = w * kmask
+            if per_example is not None:  # already masked
+                w = jnp.tensordot(c, per_example, axes=1)
+            else:
+                w = jnp.einsum("btd,btp,b->dp", a3, g3, c)
+                if kmask is not None:
+                    w = w * kmask
             out = {"kernel": w if layer.kind == "dense" else _matrix_to_kernel(
                 w, p["kernel"].shape)}
             if has_bias:

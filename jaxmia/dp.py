@@ -54,6 +54,9 @@ class DPConfig:
         if self.clipping not in clipping.METHODS:
             raise UserError(f"unknown --dp_clipping '{self.clipping}'; choose one of "
                             f"{', '.join(clipping.METHODS)}")
+        if self.ghost_form not in clipping.GHOST_FORMS:
+            raise UserError(f"unknown --dp_ghost_form '{self.ghost_form}'; choose one of "
+                            f"{', '.join(clipping.GHOST_FORMS)}")
         if self.noise_rng not in NOISE_RNGS:
             raise UserError(f"unknown --dp_noise_rng '{self.noise_rng}'; choose one of "
                             f"{', '.join(NOISE_RNGS)}")

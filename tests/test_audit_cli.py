@@ -154,3 +154,19 @@ def test_dp_audit_reports_epsilon_and_calibrates_to_a_target(tmp_path):
     assert d["epsilon"] == pytest.approx(accounting.epsilon(
         d["noise_multiplier"], [(d["sampling_rate"], sum(d["steps"].values()))], 1e-4))
     assert "DP-SGD" in r.stdout and "epsilon" in r.stdout
+
+
+def test_dp_finetune_only_is_the_pruning_papers_baseline(tmp_path):
+    work = tmp_path / "dpft"
+    r = _run(f"--workdir={work}", "--epochs=2", "--num_shadows=1", "--attacks=loss",
+             "--defense=dp", "--noise_multiplier=1.0", "--dp_stages=finetune",
+             "--dp_clipping=microbatch", "--accountant=pld")
+    assert r.returncode == 0, r.stderr[-2000:]
+    d = json.loads((work / "results.json").read_text())["dp"]
+    assert d["steps"]["pretrain"] == 0 and d["steps"]["finetune"] > 0
+    assert d["epsilon_unpruned"] is None and "not differentially private" in d["covers"]
+    # mia_prune's micro-batch clipping doubles the sensitivity: accounted as sigma / 2.
+    assert d["sensitivity_factor"] == 2.0 and d["accountant"] == "dp_accounting pld"
+    from jaxmia import accounting
+    assert d["epsilon"] == pytest.approx(accounting.epsilon(
+        0.5, [(d["sampling_rate"], d["steps"]["finetune"])], d["delta"], "pld"))

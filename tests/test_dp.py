@@ -137,3 +137,19 @@ def test_dp_fit_is_reproducible_and_batchnorm_is_refused():
         training.fit(bn, params, state, pruning.ones_like(params), data, cfg, keys)
     with pytest.raises(UserError, match="dp_microbatch"):
         DPConfig(noise_multiplier=1.0, clipping="microbatch", microbatch_size=5).validate(32)
+
+
+def test_dp_fit_killed_and_resumed_equals_uninterrupted(tmp_path):
+    model, params, state, data = _ensemble(2)
+    cfg = training.TrainConfig(epochs=3, batch_size=32, patience=None,
+                               dp=DPConfig(noise_multiplier=1.0, physical_batch=16))
+    keys = jax.random.split(jax.random.key(4), 2)
+    ones = pruning.ones_like(params)
+    whole = training.fit(model, params, state, ones, data, cfg, keys)
+    with pytest.raises(KeyboardInterrupt):
+        training.fit(model, params, state, ones, data, cfg, keys,
+                     checkpoint_dir=str(tmp_path / "ck"), stop_after=1)
+    resumed = training.fit(model, params, state, ones, data, cfg, keys,
+                           checkpoint_dir=str(tmp_path / "ck"))
+    chex.assert_trees_all_close(resumed.params, whole.params, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(resumed.steps, whole.steps)
