@@ -89,7 +89,8 @@ def make(model: Model, loss_of: Callable, predicted_class: Callable, method: str
       model: the architecture; must not carry BatchNorm statistics.
       loss_of: per-example loss ``(logits [B, C], y [B]) -> [B]``.
       predicted_class: ``logits -> class`` (for the accuracy count).
-      method: 'vmap', 'ghost' or 'microbatch' (see the module docstring); 'auto' is 'ghost'.
+      method: 'vmap', 'ghost' or 'microbatch' (see the module docstring); 'auto' is 'ghost'
+        when every parameter sits in a layer ghost clipping knows, else 'vmap'.
       clip_norm: the clipping bound C.
       group_size: rows per clipped group for 'microbatch'.
       ghost_form: 'auto' (cheaper of Gram and direct per layer), 'gram' or 'direct'.
@@ -100,17 +101,27 @@ def make(model: Model, loss_of: Callable, predicted_class: Callable, method: str
         raise UserError(f"unknown clipping method '{method}'; choose one of {', '.join(METHODS)}")
     if not clip_norm > 0:
         raise UserError(f"the clip norm must be > 0, got {clip_norm}")
-    if method == "auto":
-        method = "ghost"
-    if method == "ghost":
-        if ghost_form not in GHOST_FORMS:
-            raise UserError(f"unknown ghost form '{ghost_form}'; choose one of "
-                            f"{', '.join(GHOST_FORMS)}")
-        return _make_ghost(model, loss_of, predicted_class, clip_norm, ghost_form, pruned)
+    if method in ("auto", "ghost") and ghost_form not in GHOST_FORMS:
+        raise UserError(f"unknown ghost form '{ghost_form}'; choose one of "
+                        f"{', '.join(GHOST_FORMS)}")
     size = group_size if method == "microbatch" else 1
     if size < 1:
         raise UserError(f"the micro-batch size must be >= 1, got {size}")
-    return _make_grouped(model, loss_of, predicted_class, clip_norm, size)
+    grouped = _make_grouped(model, loss_of, predicted_class, clip_norm, size)
+    if method in ("vmap", "microbatch"):
+        return grouped
+    ghost = _make_ghost(model, loss_of, predicted_class, clip_norm, ghost_form, pruned)
+    if method == "ghost":
+        return ghost
+
+    def auto(params, masks, model_state, x, *rest):
+        try:  # at trace time: can ghost clipping handle every layer of this model?
+            _discover(model, params, model_state, x)
+        except UserError:
+            return grouped(params, masks, model_state, x, *rest)
+        return ghost(params, masks, model_state, x, *rest)
+
+    return auto
 
 
 def check_model(model: Model) -> None:

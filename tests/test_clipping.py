@@ -188,7 +188,12 @@ def test_ghost_names_unsupported_layers():
 
     model = from_linen(Scaled(), (4,), "scaled")
     params, state = model.init(jax.random.key(0))
+    args = (params, pruning.ones_like(params), state, jnp.ones((2, 4)), jnp.zeros(2, jnp.int32),
+            jnp.ones(2), jax.random.key(0))
     clip = clipping.make(model, _ce, training.predicted_class, "ghost", clip_norm=1.0)
     with pytest.raises(UserError, match="temperature.*vmap"):
-        clip(params, pruning.ones_like(params), state, jnp.ones((2, 4)), jnp.zeros(2, jnp.int32),
-             jnp.ones(2), jax.random.key(0))
+        clip(*args)
+    # 'auto' falls back to the vmap path for such a model.
+    auto = clipping.make(model, _ce, training.predicted_class, "auto", clip_norm=1.0)(*args)
+    ref = clipping.make(model, _ce, training.predicted_class, "vmap", clip_norm=1.0)(*args)
+    chex.assert_trees_all_close(auto.grad_sum, ref.grad_sum)
