@@ -30,6 +30,7 @@ from jaxmia import (
     models,
     pruning,
     reporting,
+    sharding,
     training,
 )
 from jaxmia.errors import UserError
@@ -417,6 +418,8 @@ def run(cfg: AuditConfig) -> dict:
     metrics_path = os.path.join(cfg.workdir, "metrics.jsonl")
     ckpt = os.path.join(cfg.workdir, "ckpt")
 
+    # Every visible device trains a share of the models (results equal one device's; tested).
+    mesh = sharding.model_mesh() if jax.device_count() > 1 else None
     root = jax.random.key(cfg.seed)
     init_key, train_key, finetune_key, attack_key = jax.random.split(root, 4)
     num_models = 1 + cfg.num_shadows
@@ -445,7 +448,7 @@ def run(cfg: AuditConfig) -> dict:
     pre = training.fit(model, init_params, init_state, ones, ens, train_cfg,
                        jax.random.split(train_key, num_models), regularizer=reg,
                        checkpoint_dir=os.path.join(ckpt, "pretrain"), metrics_path=metrics_path,
-                       stage="pretrain")
+                       stage="pretrain", mesh=mesh)
     timing["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -464,7 +467,7 @@ def run(cfg: AuditConfig) -> dict:
             res = training.fit(model, params, pre.model_state, masks, ens, ft_cfg,
                                jax.vmap(jax.random.fold_in, in_axes=(0, None))(ft_keys, r),
                                checkpoint_dir=os.path.join(ckpt, f"imp_round{r}"),
-                               metrics_path=metrics_path, stage=f"imp_round{r}")
+                               metrics_path=metrics_path, stage=f"imp_round{r}", mesh=mesh)
             results_by_round[r] = res
             finetunes.append(res)
             return res.params
@@ -500,7 +503,7 @@ def run(cfg: AuditConfig) -> dict:
         pruned = training.fit(model, pruning.apply_masks(params, masks), model_state,
                               masks, ft_ens, ft_cfg, ft_keys,
                               checkpoint_dir=os.path.join(ckpt, "finetune"),
-                              metrics_path=metrics_path, stage="finetune")
+                              metrics_path=metrics_path, stage="finetune", mesh=mesh)
         finetunes.append(pruned)
     timing["prune_finetune"] = time.perf_counter() - t0
 

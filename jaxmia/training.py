@@ -14,6 +14,10 @@ gradient), batch 128, early stopping on dev accuracy (stop once more than ``pati
 consecutive epochs fail to improve; keep the best parameters). Orbax checkpoints every
 ``checkpoint_every`` epochs make a killed run resume to the same result.
 
+With ``TrainConfig.dp`` the same loop runs DP-SGD (:mod:`jaxmia.dp`): batches become
+Poisson samples padded to whole physical batches, and the step's gradient is clipped per example
+and noised.
+
 Sharp edge: the last batch of an epoch is padded to the fixed batch size; padded rows carry zero
 loss weight, but BatchNorm's batch statistics in that one step still see them.
 """
@@ -33,7 +37,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxmia import clipping, pruning
+from jaxmia import clipping, pruning, sharding
 from jaxmia import dp as dp_lib
 from jaxmia.base import Masks, Model, ModelState, Params
 from jaxmia.dp import DPConfig
@@ -504,7 +508,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         data: EnsembleData, cfg: TrainConfig, keys: jax.Array, *,
         regularizer: Regularizer | None = None, checkpoint_dir: str | None = None,
         metrics_path: str | None = None, stage: str = "train",
-        stop_after: int | None = None) -> FitResult:
+        stop_after: int | None = None, mesh=None) -> FitResult:
     """Trains an ensemble (leading model axis on params, model_state, masks and keys).
 
     Args:
@@ -518,6 +522,8 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
       metrics_path: JSONL file; one line per epoch.
       stage: name written in metrics lines and the progress bar.
       stop_after: stop (as if killed) after this many epochs of this call; for resume tests.
+      mesh: a 1-D ``'model'`` mesh (:func:`jaxmia.sharding.model_mesh`): the models are split
+        over its devices (padded to a multiple of its size with stopped copies); None: one device.
 
     Returns:
       FitResult with each model's best-on-dev params (``cfg.keep='best'``) or final params.
@@ -529,6 +535,13 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         cfg.dp.validate(cfg.batch_size)
         clipping.check_model(model)
         pruned = clipping.pruned_layers(masks)
+    num_models = data.num_models
+    if mesh is not None:
+        padded = sharding.padded_size(num_models, mesh)
+        params, model_state, masks, keys = (sharding.pad(t, num_models, padded)
+                                            for t in (params, model_state, masks, keys))
+        data = EnsembleData(*sharding.replicate((data.x, data.y), mesh), *sharding.pad(
+            (data.train_idx, data.train_n, data.dev_idx, data.dev_n), num_models, padded))
     steps_per_epoch = epoch_steps(data, cfg.batch_size)
     tx = make_optimizer(cfg, steps_per_epoch)
     states = TrainState(step=jnp.zeros((data.num_models,), jnp.int32), params=params, masks=masks,
@@ -538,7 +551,12 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         best_epoch=jnp.full((data.num_models,), -1, jnp.int32),
         best_params=params, best_model_state=model_state,
         bad_epochs=jnp.zeros((data.num_models,), jnp.int32),
-        done=jnp.zeros((data.num_models,), bool))
+        done=jnp.arange(data.num_models) >= num_models)  # padding models never train
+    if mesh is not None:
+        states, es, keys = sharding.shard_models((states, es, keys), mesh)
+        data = dataclasses.replace(data, **dict(zip(
+            ("train_idx", "train_n", "dev_idx", "dev_n"), sharding.shard_models(
+                (data.train_idx, data.train_n, data.dev_idx, data.dev_n), mesh))))
     ckpt = Checkpointer(checkpoint_dir, cfg.checkpoint_every)
     start = 0
     restored = ckpt.restore(_snapshot(states, es, 0))
@@ -579,9 +597,10 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     ckpt.save(epochs_run, _snapshot(states, es, epochs_run), force=True)
     ckpt.close()
     bar.close()
+    states, es, masks = sharding.unpad((states, es, masks), num_models)
     if cfg.keep == "last":
         return FitResult(params=states.params, model_state=states.model_state, masks=masks,
-                         best_epoch=np.full(data.num_models, epochs_run - 1),
+                         best_epoch=np.full(num_models, epochs_run - 1),
                          best_dev_acc=np.asarray(es.best_acc), epochs_run=epochs_run,
                          steps=np.asarray(states.step))
     # With DP, the best-on-dev choice looks at the whole trajectory, so ``steps`` (all steps

@@ -1,0 +1,223 @@
+"""The membership-matrix study behind ``experiments/lira.py``: M models on random halves of a
+pool, each in turn the target and the others its references; LiRA, RMIA and the global loss
+threshold compared on the same scores; Feldman memorization per example.
+
+Every model trains in one ensemble (sharded over all visible devices), optionally pruned and
+fine-tuned. Outputs in the workdir: config.json, metrics.jsonl, results.json (per attack: the
+metrics averaged over targets, and pooled over targets with bootstrap CIs), scores.npz,
+memorization.npz, roc.png.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxmia import (
+    data,
+    features,
+    io,
+    metrics,
+    models,
+    pruning,
+    reporting,
+    shadow,
+    sharding,
+    training,
+)
+from jaxmia.attacks import lira, rmia
+from jaxmia.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig:
+    dataset: str = "location"
+    model: str | None = None
+    norm: str | None = None
+    num_models: int = 16
+    population_fraction: float = 0.1  # rows no model trains on (RMIA's population z)
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    pruning: str = "none"
+    sparsity: float = 0.7
+    finetune_epochs: int = 15
+    num_targets: int | None = None  # None: every model is a target once
+    rmia_gamma: float = 1.0
+    rmia_offline_a: float = 0.3
+    seed: int = 0
+    data_dir: str | None = None
+    workdir: str = "workdir/lira"
+    checkpoint_every: int = 5
+
+
+def validate(cfg: StudyConfig) -> StudyConfig:
+    data.check_name(cfg.dataset)
+    simple = cfg.dataset in data.TABULAR or cfg.dataset == "digits"
+    cfg = dataclasses.replace(cfg, model=cfg.model or ("mlp" if simple else "resnet18"))
+    models.check_name(cfg.model)
+    if cfg.num_models < 4:
+        raise UserError(f"--num_models must be >= 4 (targets need in- and out-references), "
+                        f"got {cfg.num_models}")
+    if not 0 < cfg.population_fraction < 0.5:
+        raise UserError(f"--population_fraction must be in (0, 0.5), got "
+                        f"{cfg.population_fraction}")
+    for name in ("epochs", "batch_size", "checkpoint_every"):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.pruning != "none":
+        pruning.check_method(cfg.pruning)
+        pruning.check_sparsity(cfg.sparsity)
+    if cfg.num_targets is not None and not 1 <= cfg.num_targets <= cfg.num_models:
+        raise UserError(f"--num_targets must be in [1, {cfg.num_models}], got {cfg.num_targets}")
+    return cfg
+
+
+def _augmented_logits(model, res, x, y, idx, image: bool):
+    """Logits ``[M, N, A, C]`` on the queries: the row itself, and for images its mirror."""
+    views = [x]
+    if image:
+        views.append(x[:, :, ::-1])  # horizontal flip (NHWC)
+    return jnp.stack([training.predict_logits(model, res.params, res.model_state, res.masks, v,
+                                              idx) for v in views], axis=2)
+
+
+def run(cfg: StudyConfig) -> dict:
+    cfg = validate(cfg)
+    t0 = time.perf_counter()
+    ds = data.load(cfg.dataset, cfg.data_dir)
+    model = models.make(cfg.model, ds.num_classes, ds.input_shape, norm=cfg.norm)
+    root = jax.random.key(cfg.seed)
+    split_key, member_key, init_key, train_key, ft_key = jax.random.split(root, 5)
+    n = len(ds)
+    order = np.asarray(jax.random.permutation(split_key, n))
+    num_pop = int(round(cfg.population_fraction * n))
+    population, pool = order[:num_pop], order[num_pop:]
+    in_mask = shadow.membership_matrix(member_key, cfg.num_models, len(pool))
+    train_lists = [pool[in_mask[m]] for m in range(cfg.num_models)]
+    dev_lists = [population] * cfg.num_models  # monitoring only: no early stopping
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items()
+                if k not in ("data_dir", "workdir", "num_targets", "rmia_gamma",
+                             "rmia_offline_a", "checkpoint_every")}
+    config_path = os.path.join(cfg.workdir, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            previous = json.load(f)
+        if previous.get("settings") != settings:
+            raise UserError(f"workdir {cfg.workdir} holds another study (settings differ); "
+                            "pass a fresh --workdir or delete that folder")
+    os.makedirs(cfg.workdir, exist_ok=True)
+    io.write_json(config_path, {"settings": settings, "config": dataclasses.asdict(cfg)})
+    metrics_path = os.path.join(cfg.workdir, "metrics.jsonl")
+    ckpt = os.path.join(cfg.workdir, "ckpt")
+    mesh = sharding.model_mesh() if jax.device_count() > 1 else None
+    ens = training.make_ensemble_data(ds.x, ds.y, train_lists, dev_lists)
+    tc = training.TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                              weight_decay=cfg.weight_decay, patience=None, keep="last",
+                              checkpoint_every=cfg.checkpoint_every)
+    params, state = training.init_ensemble(model, jax.random.split(init_key, cfg.num_models))
+    timing = {"load_data": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    res = training.fit(model, params, state, pruning.ones_like(params), ens, tc,
+                       jax.random.split(train_key, cfg.num_models),
+                       checkpoint_dir=os.path.join(ckpt, "train"), metrics_path=metrics_path,
+                       stage="train", mesh=mesh)
+    if cfg.pruning != "none":
+        masks = pruning.make_masks(cfg.pruning, res.params, cfg.sparsity, ensemble=True)
+        res = training.fit(model, pruning.apply_masks(res.params, masks), res.model_state, masks,
+                           ens, dataclasses.replace(tc, epochs=max(cfg.finetune_epochs, 1)),
+                           jax.random.split(ft_key, cfg.num_models),
+                           checkpoint_dir=os.path.join(ckpt, "finetune"),
+                           metrics_path=metrics_path, stage="finetune", mesh=mesh)
+    timing["train"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rows = np.concatenate([pool, population])
+    idx = jnp.asarray(np.broadcast_to(rows, (cfg.num_models, len(rows))))
+    logits = _augmented_logits(model, res, ens.x, ens.y, idx, ds.x.ndim == 4)
+    labels = jnp.broadcast_to(ens.y[rows][None, :, None], logits.shape[:3])
+    feats = features.extract(logits, labels)
+    stat = np.asarray(feats["logit_scaled"], np.float64)  # [M, N + Z, A]
+    conf = np.asarray(feats["confidence"][..., 0], np.float64)  # [M, N + Z]
+    loss = np.asarray(feats["loss"][..., 0], np.float64)
+    correct = np.asarray(jnp.argmax(logits[:, :, 0], -1) == labels[..., 0])
+    p = len(pool)
+    targets = range(cfg.num_targets or cfg.num_models)
+    attacks = {
+        "lira_online": lambda t, r, ri: lira.scores(stat[t, :p], stat[r, :p], ri),
+        "lira_online_fixed_var": lambda t, r, ri: lira.scores(stat[t, :p], stat[r, :p], ri,
+                                                                fixed_variance=True),
+        "lira_offline": lambda t, r, ri: lira.scores(stat[t, :p], stat[r, :p], ri,
+                                                      online=False),
+        "lira_offline_fixed_var": lambda t, r, ri: lira.scores(
+            stat[t, :p], stat[r, :p], ri, online=False, fixed_variance=True),
+        "rmia_online": lambda t, r, ri: rmia.scores(
+            conf[t, :p], conf[r, :p], ri, conf[t, p:], conf[r, p:], gamma=cfg.rmia_gamma) - 0.5,
+        "rmia_offline": lambda t, r, ri: rmia.scores(
+            conf[t, :p], conf[r, :p], ri, conf[t, p:], conf[r, p:], gamma=cfg.rmia_gamma,
+            online=False, a=cfg.rmia_offline_a) - 0.5,
+        # The global loss threshold: one cut for all examples, halfway between the references'
+        # mean member and non-member losses (Yeom et al.).
+        "loss_threshold": lambda t, r, ri: 0.5 * (loss[r, :p][ri].mean()
+                                                  + loss[r, :p][~ri].mean()) - loss[t, :p],
+    }
+    results, pooled, per_target = {}, {}, {}
+    for name, fn in attacks.items():
+        runs = list(shadow.leave_one_out(fn, in_mask, targets))
+        per_target[name] = [metrics.summarize(s, m) for _, s, m in runs]
+        scores = np.concatenate([s for _, s, _ in runs])
+        member = np.concatenate([m for _, _, m in runs])
+        pooled[name] = (scores, member)
+        results[name] = {
+            "mean_over_targets": {k: float(np.mean([r[k] for r in per_target[name]]))
+                                  for k in per_target[name][0]},
+            "pooled": metrics.summarize_with_ci(scores, member, seed=cfg.seed),
+        }
+    timing["attacks"] = time.perf_counter() - t0
+    mem = shadow.memorization(correct[:, :p], in_mask)
+    io.write_npz(os.path.join(cfg.workdir, "memorization.npz"), row=pool, **mem)
+    io.write_npz(os.path.join(cfg.workdir, "scores.npz"),
+                 **{f"{k}/scores": v[0] for k, v in pooled.items()},
+                 **{f"{k}/is_member": v[1] for k, v in pooled.items()},
+                 in_mask=in_mask, pool=pool, population=population)
+    reporting.plot_roc(pooled, os.path.join(cfg.workdir, "roc.png"),
+                       f"{cfg.dataset} / {cfg.model}, {cfg.num_models} models"
+                       + (f", {cfg.pruning} {cfg.sparsity}" if cfg.pruning != "none" else ""))
+    out = {
+        "dataset": cfg.dataset, "model": cfg.model, "num_models": cfg.num_models,
+        "pool_size": int(p), "population_size": int(num_pop), "targets": len(targets),
+        "pruning": cfg.pruning, "sparsity": cfg.sparsity if cfg.pruning != "none" else 0.0,
+        "train_accuracy": float(np.mean([correct[m, :p][in_mask[m]].mean()
+                                         for m in range(cfg.num_models)])),
+        "test_accuracy": float(np.mean([correct[m, :p][~in_mask[m]].mean()
+                                        for m in range(cfg.num_models)])),
+        "attacks": results,
+        "memorization": {"mean": float(np.nanmean(mem["memorization"])),
+                         "num_in_per_example": int(mem["num_in"][0]),
+                         "num_out_per_example": int(mem["num_out"][0])},
+        "timing_s": {k: round(v, 2) for k, v in timing.items()},
+        "jax": {"version": jax.__version__, "backend": jax.default_backend(),
+                "devices": jax.device_count()},
+    }
+    io.write_json(os.path.join(cfg.workdir, "results.json"), out)
+    return out
+
+
+def format_table(results: dict) -> str:
+    lines = [f"{results['dataset']} / {results['model']}: {results['num_models']} models, "
+             f"{results['targets']} targets; train acc {results['train_accuracy']:.4f}, test acc "
+             f"{results['test_accuracy']:.4f}", "",
+             f"{'attack':<24}{'AUC':>8}{'TPR@1%FPR':>11}{'TPR@0.1%FPR':>13}{'  95% CI (pooled)':<22}"]
+    for name, r in results["attacks"].items():
+        m, pl = r["mean_over_targets"], r["pooled"]
+        ci = pl["tpr@0.1%fpr_ci95"]
+        lines.append(f"{name:<24}{m['auc']:>8.4f}{m['tpr@1%fpr']:>11.4f}{m['tpr@0.1%fpr']:>13.4f}"
+                     f"  [{ci[0]:.4f}, {ci[1]:.4f}]")
+    return "\n".join(lines)

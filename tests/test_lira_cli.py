@@ -1,0 +1,59 @@
+"""End to end: experiments/lira.py on digits, its outputs, and one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+SCRIPT = os.path.join(ROOT, "experiments", "lira.py")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=900)
+
+
+def test_lira_study_on_digits(tmp_path):
+    work = tmp_path / "lira"
+    r = _run("--dataset=digits", "--num_models=4", "--epochs=2", "--num_targets=2",
+             f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((work / "results.json").read_text())
+    assert res["num_models"] == 4 and res["targets"] == 2
+    assert set(res["attacks"]) == {"lira_online", "lira_online_fixed_var", "lira_offline",
+                                   "lira_offline_fixed_var", "rmia_online", "rmia_offline",
+                                   "loss_threshold"}
+    for r_ in res["attacks"].values():
+        for k in ("auc", "tpr@1%fpr", "tpr@0.1%fpr", "tpr@0%fpr", "balanced_accuracy"):
+            assert 0 <= r_["mean_over_targets"][k] <= 1
+        assert len(r_["pooled"]["tpr@0.1%fpr_ci95"]) == 2
+    mem = np.load(work / "memorization.npz")
+    assert mem["memorization"].shape == (res["pool_size"],)
+    assert np.all(mem["num_in"] == 2) and np.all(mem["num_out"] == 2)
+    scores = np.load(work / "scores.npz")
+    # Two targets: every pool row scored twice, half of them members each time.
+    assert scores["lira_online/scores"].shape == (2 * res["pool_size"],)
+    in_mask = scores["in_mask"]
+    assert scores["lira_online/is_member"].sum() == in_mask[0].sum() + in_mask[1].sum()
+    assert in_mask.sum(0).tolist() == [2] * res["pool_size"]
+    assert (work / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    other = _run("--dataset=digits", "--num_models=6", "--epochs=2", f"--workdir={work}")
+    assert other.returncode == 2 and "holds another study" in other.stderr
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--num_models=2"], "--num_models must be >= 4"),
+    (["--dataset=mnist"], "unknown dataset 'mnist'"),
+    (["--pruning=magic"], "unknown pruning method 'magic'"),
+])
+def test_lira_bad_input(tmp_path, args, expect):
+    r = _run(*args, f"--workdir={tmp_path / 'w'}")
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and expect in err[0], r.stderr
+    assert not (tmp_path / "w").exists()
