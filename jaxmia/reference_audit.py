@@ -214,10 +214,12 @@ def format_table(results: dict) -> str:
     lines = [f"{results['dataset']} / {results['model']}: {results['num_models']} models, "
              f"{results['targets']} targets; train acc {results['train_accuracy']:.4f}, test acc "
              f"{results['test_accuracy']:.4f}", "",
-             f"{'attack':<24}{'AUC':>8}{'TPR@1%FPR':>11}{'TPR@0.1%FPR':>13}{'  95% CI (pooled)':<22}"]
+             "means over targets, then TPR@0.1%FPR of all targets' scores pooled, with its "
+             "bootstrap 95% CI",
+             f"{'attack':<24}{'AUC':>8}{'TPR@1%FPR':>11}{'TPR@0.1%FPR':>13}{'pooled':>9}  CI"]
     for name, r in results["attacks"].items():
         m, pl = r["mean_over_targets"], r["pooled"]
         ci = pl["tpr@0.1%fpr_ci95"]
         lines.append(f"{name:<24}{m['auc']:>8.4f}{m['tpr@1%fpr']:>11.4f}{m['tpr@0.1%fpr']:>13.4f}"
-                     f"  [{ci[0]:.4f}, {ci[1]:.4f}]")
+                     f"{pl['tpr@0.1%fpr']:>9.4f}  [{ci[0]:.4f}, {ci[1]:.4f}]")
     return "\n".join(lines)

@@ -1,4 +1,9 @@
-"""Attack registry: ``REGISTRY[name](seed=...)`` returns an :class:`Attack`."""
+"""Attack registry: ``REGISTRY[name](seed=...)`` returns an :class:`Attack`.
+
+``lira`` and ``rmia`` are not in it: they score a target against per-example statistics of many
+reference models (the membership-matrix protocol of ``experiments/lira.py``), not with a
+classifier fit once on shadow features, so they are functions ``scores(target, refs, ref_in)``.
+"""
 
 from jaxmia.attacks import blindmi, classifier, grip_nn, label_only, samia, sparsity_nn, threshold
 from jaxmia.attacks.base import Attack, Features  # noqa: F401

@@ -1,0 +1,154 @@
+r"""Training many shadow models: together in one jaxmia ensemble, one after another in jaxmia, and
+one after another in PyTorch the way the research code does (a DataLoader loop per model).
+
+Workload (issue #5 §4): K tabular MLPs 600 -> 256 -> 128 -> 100 (ReLU, no dropout), batch 128,
+Adam lr 1e-3, each model on its own shuffle of the same synthetic rows, ``--steps`` steps per
+model. Prints model-steps per second (one thread: per CPU-second; all cores: wall clock), the
+ratios ensemble / PyTorch and ensemble / sequential jaxmia, for each K. Every measurement runs in
+its own process; each figure is the best of 3 timed epochs after a warm-up epoch.
+
+PyTorch lives in a separate environment, never in the package's:
+  python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install torch==2.13.0 numpy
+  .venv/bin/python benchmarks/ensemble.py --torch_python=/tmp/torch-venv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                  "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false "
+                               "intra_op_parallelism_threads=1"}
+SIZES = (600, 256, 128, 100)
+BATCH = 128
+
+
+def _best_of(run, repeats=3):
+    run()  # warm-up / compile
+    best = None
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        run()
+        wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+        best = (wall, cpu) if best is None or wall < best[0] else best
+    return best
+
+
+def worker_jax(k: int, steps: int, together: bool) -> tuple[float, float]:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxmia import pruning, training
+    from jaxmia.models import mlp
+    from jaxmia.models.wrap import from_linen
+
+    n = steps * BATCH
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, SIZES[0])).astype(np.float32)
+    y = rng.integers(0, SIZES[-1], n).astype(np.int32)
+    model = from_linen(mlp.MLP(SIZES[-1], hidden=SIZES[1:-1], dropout=0.0), (SIZES[0],), "mlp")
+    cfg = training.TrainConfig(weight_decay=0.0)
+    tx = training.make_optimizer(cfg)
+    size = k if together else 1
+    epoch = training.make_epoch_fn(model, tx, BATCH, mode="fused")
+    data = training.make_ensemble_data(x, y, [np.arange(n)] * size, [np.arange(BATCH)] * size)
+
+    def fresh(seed):
+        keys = jax.random.split(jax.random.key(seed), size)
+        params, state = training.init_ensemble(model, keys)
+        states = training.TrainState(step=jnp.zeros((size,), jnp.int32), params=params,
+                                     masks=pruning.ones_like(params), model_state=state,
+                                     opt_state=jax.vmap(tx.init)(params))
+        es = training.EarlyStopState(best_acc=jnp.zeros(size), best_epoch=jnp.zeros(size, int),
+                                     best_params=params, best_model_state=state,
+                                     bad_epochs=jnp.zeros(size, int),
+                                     done=jnp.zeros(size, bool))
+        return states, es, keys
+
+    runs = [fresh(s) for s in range(1 if together else k)]
+
+    def run():
+        for states, es, keys in runs:
+            jax.block_until_ready(epoch(states, es, data, keys))
+
+    return _best_of(run)
+
+
+def worker_torch(k: int, steps: int) -> tuple[float, float]:
+    import numpy as np
+    import torch
+
+    n = steps * BATCH
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((n, SIZES[0])).astype(np.float32))
+    y = torch.from_numpy(rng.integers(0, SIZES[-1], n))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y),
+                                         batch_size=BATCH, shuffle=True)
+    torch.manual_seed(0)
+    nets = []
+    for _ in range(k):
+        net = torch.nn.Sequential(torch.nn.Linear(600, 256), torch.nn.ReLU(),
+                                  torch.nn.Linear(256, 128), torch.nn.ReLU(),
+                                  torch.nn.Linear(128, 100))
+        nets.append((net, torch.optim.Adam(net.parameters(), lr=1e-3)))
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def run():
+        for net, opt in nets:  # the research code: one model after another
+            for xb, yb in loader:
+                opt.zero_grad()
+                loss_fn(net(xb), yb).backward()
+                opt.step()
+
+    return _best_of(run)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--torch_python", default=None)
+    ap.add_argument("--models", default="8,16,64")
+    ap.add_argument("--steps", type=int, default=20, help="steps per model per timed epoch")
+    ap.add_argument("--threads", default="1,all")
+    ap.add_argument("--worker", default=None)
+    args = ap.parse_args()
+    if args.worker:
+        kind, k = args.worker.split(":")
+        k = int(k)
+        wall, cpu = (worker_torch(k, args.steps) if kind == "torch"
+                     else worker_jax(k, args.steps, kind == "together"))
+        print(json.dumps({"wall": wall, "cpu": cpu}))
+        return
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    kinds = ["together", "sequential"] + (["torch"] if args.torch_python else [])
+    print(f"K MLPs {'-'.join(map(str, SIZES))}, batch {BATCH}, Adam, {args.steps} steps each; "
+          "model-steps per second")
+    print(f"{'threads':<8}{'K':>4}{'ensemble':>10}{'jax seq.':>10}{'torch':>10}"
+          f"{'ens/torch':>11}{'ens/seq':>9}")
+    for threads in args.threads.split(","):
+        for k in map(int, args.models.split(",")):
+            rate = {}
+            for kind in kinds:
+                python = args.torch_python if kind == "torch" else sys.executable
+                env = {**os.environ, "PYTHONPATH": root,
+                       **(ONE_THREAD_ENV if threads == "1" else {})}
+                cmd = [python, os.path.abspath(__file__), f"--worker={kind}:{k}",
+                       f"--steps={args.steps}"]
+                if threads == "1":
+                    cmd = ["taskset", "-c", "0"] + cmd
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                r = json.loads(out.stdout.strip().splitlines()[-1])
+                rate[kind] = k * args.steps / (r["cpu"] if threads == "1" else r["wall"])
+            torch_rate = rate.get("torch", float("nan"))
+            print(f"{threads:<8}{k:>4}{rate['together']:>10.0f}{rate['sequential']:>10.0f}"
+                  f"{torch_rate:>10.0f}{rate['together'] / torch_rate:>11.2f}"
+                  f"{rate['together'] / rate['sequential']:>9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
