@@ -80,7 +80,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     return cfg
 
 
-def _augmented_logits(model, res, x, y, idx, image: bool):
+def _augmented_logits(model, res, x, idx, image: bool):
     """Logits ``[M, N, A, C]`` on the queries: the row itself, and for images its mirror."""
     views = [x]
     if image:
@@ -141,7 +141,7 @@ def run(cfg: StudyConfig) -> dict:
     t0 = time.perf_counter()
     rows = np.concatenate([pool, population])
     idx = jnp.asarray(np.broadcast_to(rows, (cfg.num_models, len(rows))))
-    logits = _augmented_logits(model, res, ens.x, ens.y, idx, ds.x.ndim == 4)
+    logits = _augmented_logits(model, res, ens.x, idx, ds.x.ndim == 4)
     labels = jnp.broadcast_to(ens.y[rows][None, :, None], logits.shape[:3])
     feats = features.extract(logits, labels)
     stat = np.asarray(feats["logit_scaled"], np.float64)  # [M, N + Z, A]
