@@ -4,8 +4,12 @@ one after another in PyTorch the way the research code does (a DataLoader loop p
 Workload (issue #5 §4): K tabular MLPs 600 -> 256 -> 128 -> 100 (ReLU, no dropout), batch 128,
 Adam lr 1e-3, each model on its own shuffle of the same synthetic rows, ``--steps`` steps per
 model. Prints model-steps per second (one thread: per CPU-second; all cores: wall clock), the
-ratios ensemble / PyTorch and ensemble / sequential jaxmia, for each K. Every measurement runs in
-its own process; each figure is the best of 3 timed epochs after a warm-up epoch.
+ratios ensemble / PyTorch and ensemble / sequential jaxmia (the ensemble's better layout), for each
+K. 'ensemble' is the default layout ('auto': on CPU the 'looped' mode, models one after another
+inside one jitted epoch), 'vmap' the 'fused' mode (vmap over models). With all cores, the
+ensemble also runs split over one CPU device per core ('per core': ``jax_num_cpu_devices``, the
+scripts' ``--cpu_devices``), each core training its share of the models. Every measurement runs
+in its own process; each figure is the best of 3 timed epochs after a warm-up epoch.
 
 PyTorch lives in a separate environment, never in the package's:
   python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install torch==2.13.0 numpy
@@ -39,12 +43,16 @@ def _best_of(run, repeats=3):
     return best
 
 
-def worker_jax(k: int, steps: int, together: bool) -> tuple[float, float]:
+def worker_jax(k: int, steps: int, together: bool, devices: int = 1,
+               mode: str = "auto") -> tuple[float, float]:
     import jax
+
+    if devices > 1:
+        jax.config.update("jax_num_cpu_devices", devices)
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxmia import pruning, training
+    from jaxmia import pruning, sharding, training
     from jaxmia.models import mlp
     from jaxmia.models.wrap import from_linen
 
@@ -56,8 +64,14 @@ def worker_jax(k: int, steps: int, together: bool) -> tuple[float, float]:
     cfg = training.TrainConfig(weight_decay=0.0)
     tx = training.make_optimizer(cfg)
     size = k if together else 1
-    epoch = training.make_epoch_fn(model, tx, BATCH, mode="fused")
+    mesh = sharding.model_mesh() if devices > 1 else None
+    mode = training.resolve_ensemble_mode(mode, {"kernel": jnp.zeros((1, 1, 1))})
+    epoch = training.make_epoch_fn(model, tx, BATCH, mode=mode, mesh=mesh)
     data = training.make_ensemble_data(x, y, [np.arange(n)] * size, [np.arange(BATCH)] * size)
+    if mesh is not None:
+        data = training.EnsembleData(*sharding.replicate((data.x, data.y), mesh),
+                                     *sharding.shard_models((data.train_idx, data.train_n,
+                                                             data.dev_idx, data.dev_n), mesh))
 
     def fresh(seed):
         keys = jax.random.split(jax.random.key(seed), size)
@@ -69,6 +83,8 @@ def worker_jax(k: int, steps: int, together: bool) -> tuple[float, float]:
                                      best_params=params, best_model_state=state,
                                      bad_epochs=jnp.zeros(size, int),
                                      done=jnp.zeros(size, bool))
+        if mesh is not None:
+            return sharding.shard_models((states, es, keys), mesh)
         return states, es, keys
 
     runs = [fresh(s) for s in range(1 if together else k)]
@@ -117,21 +133,27 @@ def main():
     ap.add_argument("--threads", default="1,all")
     ap.add_argument("--worker", default=None)
     args = ap.parse_args()
+    cores = os.cpu_count() or 1
     if args.worker:
         kind, k = args.worker.split(":")
         k = int(k)
         wall, cpu = (worker_torch(k, args.steps) if kind == "torch"
-                     else worker_jax(k, args.steps, kind == "together"))
+                     else worker_jax(k, args.steps, kind != "sequential",
+                                     cores if kind == "per_core" else 1,
+                                     "fused" if kind == "vmap" else "auto"))
         print(json.dumps({"wall": wall, "cpu": cpu}))
         return
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    kinds = ["together", "sequential"] + (["torch"] if args.torch_python else [])
     print(f"K MLPs {'-'.join(map(str, SIZES))}, batch {BATCH}, Adam, {args.steps} steps each; "
-          "model-steps per second")
-    print(f"{'threads':<8}{'K':>4}{'ensemble':>10}{'jax seq.':>10}{'torch':>10}"
-          f"{'ens/torch':>11}{'ens/seq':>9}")
+          "model-steps per second; 'per core': the ensemble split over one CPU device per core "
+          f"({cores})")
+    print(f"{'threads':<8}{'K':>4}{'ensemble':>10}{'vmap':>8}{'per core':>10}{'jax seq.':>10}"
+          f"{'torch':>8}{'ens/torch':>11}{'ens/seq':>9}")
     for threads in args.threads.split(","):
         for k in map(int, args.models.split(",")):
+            kinds = ["together", "vmap", "sequential"] + (["torch"] if args.torch_python else [])
+            if threads != "1" and cores > 1 and k % cores == 0:
+                kinds.append("per_core")
             rate = {}
             for kind in kinds:
                 python = args.torch_python if kind == "torch" else sys.executable
@@ -144,10 +166,12 @@ def main():
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 rate[kind] = k * args.steps / (r["cpu"] if threads == "1" else r["wall"])
+            best = max(rate["together"], rate.get("per_core", 0.0))
             torch_rate = rate.get("torch", float("nan"))
-            print(f"{threads:<8}{k:>4}{rate['together']:>10.0f}{rate['sequential']:>10.0f}"
-                  f"{torch_rate:>10.0f}{rate['together'] / torch_rate:>11.2f}"
-                  f"{rate['together'] / rate['sequential']:>9.2f}", flush=True)
+            per_core = f"{rate['per_core']:>10.0f}" if "per_core" in rate else f"{'-':>10}"
+            print(f"{threads:<8}{k:>4}{rate['together']:>10.0f}{rate['vmap']:>8.0f}{per_core}"
+                  f"{rate['sequential']:>10.0f}{torch_rate:>8.0f}{best / torch_rate:>11.2f}"
+                  f"{best / rate['sequential']:>9.2f}", flush=True)
 
 
 if __name__ == "__main__":

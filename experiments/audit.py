@@ -28,7 +28,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxmia import attacks, features
+from jaxmia import attacks, features, sharding
 from jaxmia import audit as audit_lib
 from jaxmia.errors import UserError
 
@@ -42,6 +42,8 @@ flags.DEFINE_string("pruning", D.pruning, " | ".join(audit_lib.PRUNING_CHOICES))
 flags.DEFINE_float("sparsity", D.sparsity, "fraction of weights (or filters / BN channels) "
                    "removed, in [0, 1)")
 flags.DEFINE_integer("num_shadows", D.num_shadows, "number of shadow models")
+flags.DEFINE_integer("num_models", None, "models trained together: the target and "
+                     "num_models - 1 shadows (another way to say --num_shadows)")
 flags.DEFINE_integer("epochs", None, "max training epochs (default: 50 tabular/digits, 100 images)")
 flags.DEFINE_integer("finetune_epochs", None, "max fine-tuning epochs after pruning "
                      "(default: epochs // 2)")
@@ -97,6 +99,12 @@ flags.DEFINE_string("data_dir", None, "data folder (default: $JAXMIA_DATA_DIR)")
 flags.DEFINE_string("workdir", None, "output folder (default: workdir/<dataset>_<model>_"
                     "<pruning><sparsity>_s<seed>)")
 flags.DEFINE_integer("checkpoint_every", D.checkpoint_every, "epochs between checkpoints")
+flags.DEFINE_string("coordinator", None, "multi-host: process 0's HOST:PORT (every process "
+                    "runs the same command), or 'auto' to read the cluster's environment")
+flags.DEFINE_integer("num_processes", None, "multi-host: how many processes")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's rank in [0, num_processes)")
+flags.DEFINE_integer("cpu_devices", None, "on CPU, expose this many devices (e.g. the number of "
+                     "cores): the models are split over them (default: JAX's, one)")
 FLAGS = flags.FLAGS
 
 
@@ -109,6 +117,14 @@ def main(argv):
     cfg = audit_lib.AuditConfig(**{**values, "attacks": tuple(values["attacks"]),
                                    "workdir": values["workdir"] or ""})
     try:
+        sharding.set_cpu_devices(FLAGS.cpu_devices)
+        sharding.start_processes(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+        if FLAGS.num_models is not None:
+            if FLAGS.num_models < 2 or (FLAGS["num_shadows"].present
+                                        and FLAGS.num_shadows != FLAGS.num_models - 1):
+                raise UserError(f"--num_models must be >= 2 (the target and its shadows) and, "
+                                f"with --num_shadows, equal to it + 1; got {FLAGS.num_models}")
+            cfg = dataclasses.replace(cfg, num_shadows=FLAGS.num_models - 1)
         if not cfg.workdir:
             r = audit_lib.validate(cfg)
             dp = ("" if r.defense == "none" else

@@ -17,6 +17,7 @@ import sys
 from absl import app, flags, logging
 
 from jaxmia import reference_audit as lib
+from jaxmia import sharding
 from jaxmia.errors import UserError
 
 D = lib.StudyConfig()
@@ -37,12 +38,21 @@ flags.DEFINE_float("sparsity", D.sparsity, "sparsity when pruning")
 flags.DEFINE_integer("finetune_epochs", D.finetune_epochs, "fine-tuning epochs after pruning")
 flags.DEFINE_integer("num_targets", None, "how many models take a turn as the target "
                      "(default: all)")
+flags.DEFINE_integer("query_shift", D.query_shift, "image queries: largest shift in pixels "
+                     "(mirror x shifts; 0: mirror only)")
+flags.DEFINE_integer("query_stride", D.query_stride, "image queries: step between shifts")
 flags.DEFINE_float("rmia_gamma", D.rmia_gamma, "RMIA's pairwise threshold")
 flags.DEFINE_float("rmia_offline_a", D.rmia_offline_a, "RMIA's offline approximation parameter")
 flags.DEFINE_integer("seed", D.seed, "root PRNG seed")
 flags.DEFINE_string("data_dir", None, "data folder (default: $JAXMIA_DATA_DIR)")
 flags.DEFINE_string("workdir", D.workdir, "output folder")
 flags.DEFINE_integer("checkpoint_every", D.checkpoint_every, "epochs between checkpoints")
+flags.DEFINE_string("coordinator", None, "multi-host: process 0's HOST:PORT (every process "
+                    "runs the same command), or 'auto' to read the cluster's environment")
+flags.DEFINE_integer("num_processes", None, "multi-host: how many processes")
+flags.DEFINE_integer("process_id", None, "multi-host: this process's rank in [0, num_processes)")
+flags.DEFINE_integer("cpu_devices", None, "on CPU, expose this many devices (e.g. the number of "
+                     "cores): the models are split over them (default: JAX's, one)")
 FLAGS = flags.FLAGS
 
 
@@ -53,6 +63,8 @@ def main(argv):
     cfg = lib.StudyConfig(**{f.name: getattr(FLAGS, f.name)
                              for f in dataclasses.fields(lib.StudyConfig)})
     try:
+        sharding.set_cpu_devices(FLAGS.cpu_devices)
+        sharding.start_processes(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
         results = lib.run(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

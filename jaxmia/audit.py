@@ -253,17 +253,17 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _model_features(cfg, model, params, state, masks, x, y, idx_lists, key):
+def _model_features(cfg, model, params, state, masks, x, y, idx_lists, key, mesh=None):
     """Features of each model on its own rows: dict of [K, n_max, ...] (+ counts)."""
     idx, n = training.pad_indices(idx_lists)
     idx_j = jnp.asarray(idx)
-    logits = training.predict_logits(model, params, state, masks, x, idx_j)
+    logits = training.predict_logits(model, params, state, masks, x, idx_j, mesh=mesh)
     feats = jax.device_get(features.extract(logits, y[idx_j]))
     feats["labels"] = np.asarray(y)[idx]
     if cfg.sensitivity_samples:
         feats["sensitivity"] = np.asarray(features.ensemble_sensitivity(
             model, params, state, masks, x, idx_j, key, num_samples=cfg.sensitivity_samples,
-            epsilon=cfg.sensitivity_epsilon, noise=cfg.sensitivity_noise))
+            epsilon=cfg.sensitivity_epsilon, noise=cfg.sensitivity_noise, mesh=mesh))
     return feats, n
 
 
@@ -319,13 +319,13 @@ def _label_only_features(cfg, model, params, state, masks, x, y, idx_lists):
 
 
 def attack_stage(cfg, model, params, state, masks, model_splits, x, y, key,
-                 shadow_models=None) -> dict:
+                 shadow_models=None, mesh=None) -> dict:
     """Runs every attack for one stage; returns metrics, accuracies, gaps, scores and features.
 
     Attacks are fit on the shadows' features (members: their train rows, non-members: their
     test rows, all shadows concatenated) and score the target's train and test rows. Model 0 is
     the target; ``shadow_models`` (default: all others) are the shadows. ``model_splits[k]`` is
-    model k's split.
+    model k's split. With a ``mesh`` the features of the models are computed sharded over it.
     """
     t_start = time.perf_counter()
     shadows = list(shadow_models or range(1, len(model_splits)))
@@ -333,8 +333,9 @@ def attack_stage(cfg, model, params, state, masks, model_splits, x, y, key,
     train_lists = [s.train for s in model_splits]
     test_lists = [s.test for s in model_splits]
     train_f, train_n = _model_features(cfg, model, params, state, masks, x, y, train_lists,
-                                       train_key)
-    test_f, test_n = _model_features(cfg, model, params, state, masks, x, y, test_lists, test_key)
+                                       train_key, mesh)
+    test_f, test_n = _model_features(cfg, model, params, state, masks, x, y, test_lists, test_key,
+                                     mesh)
     s_in, s_out = _gather(train_f, train_n, shadows), _gather(test_f, test_n, shadows)
     t_in, t_out = _gather(train_f, train_n, [0]), _gather(test_f, test_n, [0])
 
@@ -419,7 +420,7 @@ def run(cfg: AuditConfig) -> dict:
     ckpt = os.path.join(cfg.workdir, "ckpt")
 
     # Every visible device trains a share of the models (results equal one device's; tested).
-    mesh = sharding.model_mesh() if jax.device_count() > 1 else None
+    mesh = sharding.training_mesh()  # training: every device of every process
     root = jax.random.key(cfg.seed)
     init_key, train_key, finetune_key, attack_key = jax.random.split(root, 4)
     num_models = 1 + cfg.num_shadows
@@ -519,7 +520,7 @@ def run(cfg: AuditConfig) -> dict:
         _log(f"[audit] attacks on the {stage} target: {', '.join(cfg.attacks)}")
         # The same key for every stage: the unpruned and pruned targets see the same noise.
         out = attack_stage(cfg, model, res.params, res.model_state, res.masks, model_splits,
-                           ens.x, ens.y, attack_key, shadow_models)
+                           ens.x, ens.y, attack_key, shadow_models, sharding.local_mesh())
         results["attacks"][stage] = out["attacks"]
         results["accuracy"][stage] = out["accuracy"]
         results["gaps"][stage] = out["gaps"]
@@ -552,7 +553,8 @@ def run(cfg: AuditConfig) -> dict:
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
         "attack_timing_s": attack_seconds,  # per stage: feature extraction, then each attack
         "jax": {"version": jax.__version__, "backend": jax.default_backend(),
-                "devices": jax.device_count()},
+                "devices": jax.device_count(),
+                "processes": jax.process_count()},
     }
     if privacy is not None:
         out["dp"] = _privacy_report(cfg, privacy, pre, finetunes)

@@ -23,7 +23,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from jaxmia import fastrand, pruning, training
+from jaxmia import fastrand, pruning, sharding, training
 from jaxmia.errors import UserError
 from jaxmia.models import mlp
 
@@ -145,7 +145,7 @@ def sensitivity_projected(kernel: jax.Array, bias: jax.Array, rest_fn, x: jax.Ar
 
 
 @functools.lru_cache(maxsize=16)
-def _ensemble_fn(model, mode: str, num_samples: int, epsilon: float, noise: str):
+def _ensemble_fn(model, mode: str, num_samples: int, epsilon: float, noise: str, mesh):
     def one(params, state, masks, rows, key, offset, x_all):
         live = pruning.apply_masks(params, masks)
         if noise == "projected":
@@ -157,14 +157,14 @@ def _ensemble_fn(model, mode: str, num_samples: int, epsilon: float, noise: str)
                            key, num_samples, epsilon, noise, offset)
 
     axes = (0, 0, 0, 0, 0, None, None)
-    if mode == "fused":
-        return jax.jit(jax.vmap(one, in_axes=axes))
-    return jax.jit(training.unrolled_models(one, axes))
+    mapped = (training.unrolled_models(one, axes) if mode == "stepwise"
+              else jax.vmap(one, in_axes=axes))
+    return jax.jit(sharding.over_models(mapped, mesh, axes))
 
 
 def ensemble_sensitivity(model, params, model_state, masks, x_all, idx, key: jax.Array, *,
                          num_samples: int = 10, epsilon: float = 1e-3, noise: str = "fast",
-                         chunk: int | None = None, mode: str = "auto") -> jax.Array:
+                         chunk: int | None = None, mode: str = "auto", mesh=None) -> jax.Array:
     """Sensitivity of every model of an ensemble on its own rows: ``idx [K, n] -> [K, n, C]``.
 
     One jitted call per chunk of rows computes all K models (vmapped, or unrolled for conv models
@@ -173,7 +173,7 @@ def ensemble_sensitivity(model, params, model_state, masks, x_all, idx, key: jax
     few MB that stay in cache: on the benchmark's MLP 512-row chunks ran 1.3x faster than
     2048-row ones, see BUILD_NOTES.md).
     Model k draws from ``fold_in(key, k)``, and with the default noise its result does not
-    depend on ``chunk``.
+    depend on ``chunk``. With a ``mesh`` each device computes its share of the models.
     """
     if noise == "projected" and model.name != "mlp":
         raise UserError(f"--sensitivity_noise=projected needs the mlp model (its first layer is "
@@ -183,9 +183,10 @@ def ensemble_sensitivity(model, params, model_state, masks, x_all, idx, key: jax
     dim = math.prod(x_all.shape[1:])
     chunk = chunk or max(1, min(n, 2**22 // (num_samples * dim)))
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(num_models))
-    fn = _ensemble_fn(model, mode, num_samples, float(epsilon), noise)
+    fn = _ensemble_fn(model, mode, num_samples, float(epsilon), noise, mesh)
     num_chunks = -(-n // chunk)
     padded = jnp.pad(jnp.asarray(idx), ((0, 0), (0, num_chunks * chunk - n)))
-    out = [fn(params, model_state, masks, padded[:, c * chunk:(c + 1) * chunk], keys,
-              jnp.uint32(c * chunk), x_all) for c in range(num_chunks)]
+    out = [sharding.call(fn, mesh, (0, 0, 0, 0, 0, None, None), params, model_state, masks,
+                         padded[:, c * chunk:(c + 1) * chunk], keys, jnp.uint32(c * chunk), x_all)
+           for c in range(num_chunks)]
     return jnp.concatenate(out, axis=1)[:, :n]

@@ -11,6 +11,7 @@ memorization.npz, roc.png.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -50,6 +51,11 @@ class StudyConfig:
     sparsity: float = 0.7
     finetune_epochs: int = 15
     num_targets: int | None = None  # None: every model is a target once
+    # Image queries (Carlini et al.'s code): the image and its mirror, each shifted by every
+    # offset in range(-query_shift, query_shift + 1, query_stride) pixels in both directions on a
+    # reflect-padded copy: 2 x 3 x 3 = 18 queries with the defaults; 0 = mirror only.
+    query_shift: int = 2
+    query_stride: int = 2
     rmia_gamma: float = 1.0
     rmia_offline_a: float = 0.3
     seed: int = 0
@@ -75,18 +81,47 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if cfg.pruning != "none":
         pruning.check_method(cfg.pruning)
         pruning.check_sparsity(cfg.sparsity)
+    if cfg.query_shift < 0 or cfg.query_stride < 1 or cfg.query_shift % cfg.query_stride:
+        raise UserError(f"--query_shift must be >= 0 and a multiple of --query_stride >= 1 (so "
+                        f"the unshifted image is one of the queries), got {cfg.query_shift} and "
+                        f"{cfg.query_stride}")
     if cfg.num_targets is not None and not 1 <= cfg.num_targets <= cfg.num_models:
         raise UserError(f"--num_targets must be in [1, {cfg.num_models}], got {cfg.num_targets}")
     return cfg
 
 
-def _augmented_logits(model, res, x, idx, image: bool):
-    """Logits ``[M, N, A, C]`` on the queries: the row itself, and for images its mirror."""
-    views = [x]
-    if image:
-        views.append(x[:, :, ::-1])  # horizontal flip (NHWC)
-    return jnp.stack([training.predict_logits(model, res.params, res.model_state, res.masks, v,
-                                              idx) for v in views], axis=2)
+@functools.lru_cache(maxsize=None)
+def query_view(flip: bool, dy: int, dx: int, shift: int):
+    """A batch of NHWC images mirrored (``flip``) and shifted: reflect-padded by ``shift`` and
+    cropped at offset (``dy``, ``dx``); (False, shift, shift, shift) is the identity. Cached, so
+    equal views are the same function (and compile once)."""
+
+    def view(x):
+        if flip:
+            x = x[:, :, ::-1]
+        if shift:
+            h, w = x.shape[1:3]
+            x = jnp.pad(x, ((0, 0), (shift, shift), (shift, shift), (0, 0)), mode="reflect")
+            x = x[:, dy:dy + h, dx:dx + w]
+        return x
+
+    return view
+
+
+def query_views(shift: int, stride: int) -> list:
+    """The image queries, the unshifted image first: mirror x shifts (see ``StudyConfig``)."""
+    offsets = range(0, 2 * shift + 1, stride)
+    views = [query_view(flip, dy, dx, shift) for flip in (False, True)
+             for dy in offsets for dx in offsets]
+    views.remove(query_view(False, shift, shift, shift))
+    return [query_view(False, shift, shift, shift)] + views
+
+
+def _augmented_logits(model, res, x, idx, views, mesh):
+    """Logits ``[M, N, A, C]`` on the queries (``views``; None: the rows themselves)."""
+    return jnp.stack([training.predict_logits(model, res.params, res.model_state, res.masks, x,
+                                              idx, mesh=mesh, transform=v) for v in views],
+                     axis=2)
 
 
 def run(cfg: StudyConfig) -> dict:
@@ -105,7 +140,8 @@ def run(cfg: StudyConfig) -> dict:
     dev_lists = [population] * cfg.num_models  # monitoring only: no early stopping
     settings = {k: v for k, v in dataclasses.asdict(cfg).items()
                 if k not in ("data_dir", "workdir", "num_targets", "rmia_gamma",
-                             "rmia_offline_a", "checkpoint_every")}
+                             "rmia_offline_a", "checkpoint_every", "query_shift",
+                             "query_stride")}
     config_path = os.path.join(cfg.workdir, "config.json")
     if os.path.isfile(config_path):
         with open(config_path) as f:
@@ -117,7 +153,7 @@ def run(cfg: StudyConfig) -> dict:
     io.write_json(config_path, {"settings": settings, "config": dataclasses.asdict(cfg)})
     metrics_path = os.path.join(cfg.workdir, "metrics.jsonl")
     ckpt = os.path.join(cfg.workdir, "ckpt")
-    mesh = sharding.model_mesh() if jax.device_count() > 1 else None
+    mesh = sharding.training_mesh()  # training: every device of every process
     ens = training.make_ensemble_data(ds.x, ds.y, train_lists, dev_lists)
     tc = training.TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                               weight_decay=cfg.weight_decay, patience=None, keep="last",
@@ -141,7 +177,8 @@ def run(cfg: StudyConfig) -> dict:
     t0 = time.perf_counter()
     rows = np.concatenate([pool, population])
     idx = jnp.asarray(np.broadcast_to(rows, (cfg.num_models, len(rows))))
-    logits = _augmented_logits(model, res, ens.x, idx, ds.x.ndim == 4)
+    views = query_views(cfg.query_shift, cfg.query_stride) if ds.x.ndim == 4 else [None]
+    logits = _augmented_logits(model, res, ens.x, idx, views, sharding.local_mesh())
     labels = jnp.broadcast_to(ens.y[rows][None, :, None], logits.shape[:3])
     feats = features.extract(logits, labels)
     stat = np.asarray(feats["logit_scaled"], np.float64)  # [M, N + Z, A]
@@ -193,6 +230,7 @@ def run(cfg: StudyConfig) -> dict:
     out = {
         "dataset": cfg.dataset, "model": cfg.model, "num_models": cfg.num_models,
         "pool_size": int(p), "population_size": int(num_pop), "targets": len(targets),
+        "queries_per_example": len(views),
         "pruning": cfg.pruning, "sparsity": cfg.sparsity if cfg.pruning != "none" else 0.0,
         "train_accuracy": float(np.mean([correct[m, :p][in_mask[m]].mean()
                                          for m in range(cfg.num_models)])),
@@ -204,7 +242,8 @@ def run(cfg: StudyConfig) -> dict:
                          "num_out_per_example": int(mem["num_out"][0])},
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
         "jax": {"version": jax.__version__, "backend": jax.default_backend(),
-                "devices": jax.device_count()},
+                "devices": jax.device_count(),
+                "processes": jax.process_count()},
     }
     io.write_json(os.path.join(cfg.workdir, "results.json"), out)
     return out

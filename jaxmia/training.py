@@ -62,11 +62,14 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between orbax checkpoints (when a directory is given).
     eval_batch_size: int = 1024
     # How the ensemble runs: 'fused' (one jitted call an epoch: vmap over models, lax.scan over
-    # batches), 'stepwise' (one jitted call a batch from a host loop, the models unrolled inside
-    # it), or 'auto': 'stepwise' for conv models on CPU, 'fused' otherwise. XLA:CPU runs
-    # convolutions inside loop bodies (scan, lax.map) about 20x slower than at top level
-    # (jax-ml/jax#12868) and vmapped convolutions become slow grouped convolutions; the numbers are
-    # in BUILD_NOTES.md. Both modes draw the same keys and batches and give the same result.
+    # batches), 'looped' (one jitted call an epoch: lax.map over models, one model after another,
+    # a stopped model skipped), 'stepwise' (one jitted call a batch from a host loop, the models
+    # unrolled inside it), or 'auto': on CPU 'stepwise' for conv models and 'looped' otherwise, on
+    # accelerators 'fused'. XLA:CPU runs convolutions inside loop bodies (scan, lax.map) about 20x
+    # slower than at top level (jax-ml/jax#12868), vmapped convolutions become slow grouped
+    # convolutions, and vmapped dense layers become batched matmuls ~20% slower than one model's;
+    # the numbers are in BUILD_NOTES.md. All modes draw the same keys and batches and give the
+    # same result (to float rounding).
     ensemble_mode: str = "auto"
     # 'cross_entropy' (logits [B, C], integer labels) or 'sigmoid_mse' (one logit z [B, 1],
     # labels {0, 1}, loss (sigmoid(z) - y)^2: the GRIP paper's attack model).
@@ -76,7 +79,7 @@ class TrainConfig:
     dp: DPConfig | None = None
 
 
-MODES = ("auto", "fused", "stepwise")
+MODES = ("auto", "fused", "looped", "stepwise")
 
 
 def _cross_entropy(logits, y):
@@ -98,13 +101,16 @@ LOSSES = {"cross_entropy": _cross_entropy, "sigmoid_mse": _sigmoid_mse}
 
 
 def resolve_ensemble_mode(mode: str, params: Params) -> str:
-    """'auto' -> 'stepwise' for models with conv kernels on CPU, else 'fused'."""
+    """'auto' -> on CPU 'stepwise' for models with conv kernels, else 'looped'; elsewhere
+    'fused'. (Inference has no 'looped' layout: it runs 'fused' and 'looped' alike.)"""
     if mode not in MODES:
         raise UserError(f"unknown ensemble mode '{mode}'; choose one of {', '.join(MODES)}")
     if mode != "auto":
         return mode
+    if jax.default_backend() != "cpu":
+        return "fused"
     has_conv = any(leaf.ndim == 5 for leaf in jax.tree.leaves(params))  # [K, H, W, I, O]
-    return "stepwise" if has_conv and jax.default_backend() == "cpu" else "fused"
+    return "stepwise" if has_conv else "looped"
 
 
 def unrolled_models(fn, in_axes):
@@ -116,6 +122,21 @@ def unrolled_models(fn, in_axes):
         outs = [fn(*[jax.tree.map(lambda v: v[k], a) if ax == 0 else a
                      for a, ax in zip(args, in_axes)]) for k in range(num)]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return mapped
+
+
+def looped_models(fn, in_axes):
+    """Like ``jax.vmap(fn, in_axes)`` over the leading model axis, but a ``lax.map``: one model
+    after another inside one program, each running ``fn``'s unbatched code (for XLA:CPU, where
+    that beats the batched matmuls of a vmap)."""
+
+    def mapped(*args):
+        def one(own):
+            own = iter(own)
+            return fn(*[next(own) if axis == 0 else a for a, axis in zip(args, in_axes)])
+
+        return jax.lax.map(one, tuple(a for a, axis in zip(args, in_axes) if axis == 0))
 
     return mapped
 
@@ -308,7 +329,7 @@ def _poisson_plan(done, idx, n, key, batch_size, capacity):
 
 def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | None = None,
                   mode: str = "fused", loss: str = "cross_entropy", dp: DPConfig | None = None,
-                  pruned: frozenset = frozenset()):
+                  pruned: frozenset = frozenset(), mesh=None):
     """Returns the ensemble epoch ``(states, es, data, keys) -> (states, metrics)``.
 
     Model k draws its batches with ``keys[k]`` and takes ``ceil(n_max / batch_size)`` steps; a
@@ -316,8 +337,9 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
     (padding rows carry no weight). With ``dp`` each step is a Poisson-sampled logical batch,
     padded to a multiple of the physical batch; that multiple is the epoch's largest over steps
     and models, read on the host, so shapes change (and the step recompiles) only when it does.
-    ``mode`` is 'fused' or 'stepwise' (see ``TrainConfig.ensemble_mode``); both compute the
-    same thing.
+    ``mode`` is 'fused', 'looped' or 'stepwise' (see ``TrainConfig.ensemble_mode``); all
+    compute the same thing. With a ``mesh`` (the models already padded and sharded over it, as
+    ``fit`` does) each device runs its own block of models (:func:`jaxmia.sharding.over_models`).
     """
     step = make_train_step(model, tx, regularizer, loss, dp=dp, batch_size=batch_size,
                            pruned=pruned)
@@ -329,8 +351,15 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
         def body(state, j):
             return batch_step(state, rows[j], w[j], live[j], step_key, j, x_all, y_all)
 
-        state, metrics = jax.lax.scan(body, state, jnp.arange(rows.shape[0]))
-        return state, jax.tree.map(jnp.sum, metrics)
+        def run(state):
+            state, metrics = jax.lax.scan(body, state, jnp.arange(rows.shape[0]))
+            return state, jax.tree.map(jnp.sum, metrics)
+
+        def skip(state):  # a stopped model: no step (in 'looped' mode, no computation either)
+            return state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
+                                       jax.eval_shape(run, state)[1])
+
+        return jax.lax.cond(jnp.any(live), run, skip, state)
 
     if dp is None:
         plan_all = jax.jit(jax.vmap(functools.partial(_shuffle_plan, batch_size=batch_size)))
@@ -353,8 +382,11 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
                     _poisson_plan, batch_size=batch_size, capacity=capacity)))
             return plans[capacity](es.done, data.train_idx, data.train_n, keys)
 
-    if mode == "fused":
-        run_all = jax.jit(jax.vmap(run_one, in_axes=(0, 0, 0, 0, 0, None, None)))
+    if mode in ("fused", "looped"):
+        axes = (0, 0, 0, 0, 0, None, None)
+        mapped = (jax.vmap(run_one, in_axes=axes) if mode == "fused"
+                  else looped_models(run_one, axes))
+        run_all = jax.jit(sharding.over_models(mapped, mesh, axes))
 
         def epoch(states, es, data: EnsembleData, keys):
             rows, w, live, step_keys = plan(es, data, keys)
@@ -362,7 +394,8 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
 
         return epoch
 
-    step_all = jax.jit(unrolled_models(batch_step, (0, 0, 0, 0, 0, None, None, None)))
+    axes = (0, 0, 0, 0, 0, None, None, None)
+    step_all = jax.jit(sharding.over_models(unrolled_models(batch_step, axes), mesh, axes))
 
     def epoch(states, es, data: EnsembleData, keys):
         rows, w, live, step_keys = plan(es, data, keys)
@@ -377,37 +410,51 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
 
 
 @functools.lru_cache(maxsize=32)
-def _predict_fn(model: Model, mode: str):
-    def one(p, s, m, rows, x_all):
-        return model.apply(pruning.apply_masks(p, m), s, x_all[rows], train=False)[0]
+def _predict_fn(model: Model, mode: str, chunk: int, mesh, transform):
+    """Jitted ``(params, state, masks, idx [K, m*chunk], x_all) -> logits [K, m*chunk, C]``
+    ('fused': one call, ``lax.map`` over chunks of a vmap over models) or the same for one chunk
+    ('stepwise': models unrolled, called chunk by chunk); per device with a mesh."""
+    axes = (0, 0, 0, 0, None)
 
-    if mode == "fused":
-        def chunks_fn(params, model_state, masks, chunks, x_all):
-            return jax.lax.map(lambda c: jax.vmap(one, in_axes=(0, 0, 0, 0, None))(
+    def one(p, s, m, rows, x_all):
+        x = x_all[rows] if transform is None else transform(x_all[rows])
+        return model.apply(pruning.apply_masks(p, m), s, x, train=False)[0]
+
+    if mode != "stepwise":
+        def all_chunks(params, model_state, masks, idx, x_all):
+            k = idx.shape[0]
+            chunks = idx.reshape(k, -1, chunk).transpose(1, 0, 2)
+            logits = jax.lax.map(lambda c: jax.vmap(one, in_axes=axes)(
                 params, model_state, masks, c, x_all), chunks)
-        return jax.jit(chunks_fn)
-    return jax.jit(unrolled_models(one, (0, 0, 0, 0, None)))
+            return logits.transpose(1, 0, 2, 3).reshape(k, idx.shape[1], -1)
+        return jax.jit(sharding.over_models(all_chunks, mesh, axes))
+    return jax.jit(sharding.over_models(unrolled_models(one, axes), mesh, axes))
 
 
 def predict_logits(model: Model, params, model_state, masks, x_all, idx, chunk: int = 1024,
-                   mode: str = "auto"):
+                   mode: str = "auto", mesh=None, transform=None):
     """Eval-mode logits of every model on its own rows: ``idx [K, n] -> [K, n, C]``.
 
     Rows go in chunks of ``chunk`` so large sets stay within memory; ``mode`` as in
-    ``TrainConfig.ensemble_mode``.
+    ``TrainConfig.ensemble_mode``; with a ``mesh`` each device computes its share of the models.
+    ``transform`` (a jax function of a batch of inputs, e.g. a flipped or shifted view; pass the
+    same object each time, it keys the compiled function) is applied to the rows first.
     """
     mode = resolve_ensemble_mode(mode, params)
-    num_models, n = idx.shape
+    n = idx.shape[1]
     chunk = max(1, min(chunk, n))
     num_chunks = -(-n // chunk)
-    padded = jnp.pad(idx, ((0, 0), (0, num_chunks * chunk - n)))
-    chunks = padded.reshape(num_models, num_chunks, chunk).transpose(1, 0, 2)
-    fn = _predict_fn(model, mode)
-    if mode == "fused":
-        logits = fn(params, model_state, masks, chunks, x_all)
+    padded = jnp.pad(jnp.asarray(idx), ((0, 0), (0, num_chunks * chunk - n)))
+    fn = _predict_fn(model, mode, chunk, mesh, transform)
+    args = (params, model_state, masks)
+    if mode != "stepwise":
+        logits = sharding.call(fn, mesh, (0, 0, 0, 0, None), *args, padded, x_all)
     else:
-        logits = jnp.stack([fn(params, model_state, masks, c, x_all) for c in chunks])
-    return logits.transpose(1, 0, 2, 3).reshape(num_models, num_chunks * chunk, -1)[:, :n]
+        logits = jnp.concatenate([
+            sharding.call(fn, mesh, (0, 0, 0, 0, None), *args,
+                          padded[:, c * chunk:(c + 1) * chunk], x_all)
+            for c in range(num_chunks)], axis=1)
+    return logits[:, :n]
 
 
 def accuracy(logits, y, n):
@@ -483,16 +530,16 @@ class Checkpointer:
 
 @functools.lru_cache(maxsize=16)
 def _compiled(model: Model, cfg: TrainConfig, regularizer: Regularizer | None,
-              steps_per_epoch: int, pruned: frozenset):
+              steps_per_epoch: int, pruned: frozenset, mesh):
     """The epoch and evaluation functions, built once per (model, config, regularizer, steps,
     pruned layers); ``cfg.ensemble_mode`` is already resolved to 'fused' or 'stepwise'."""
     epoch_fn = make_epoch_fn(model, make_optimizer(cfg, steps_per_epoch), cfg.batch_size,
-                             regularizer, cfg.ensemble_mode, cfg.loss, cfg.dp, pruned)
+                             regularizer, cfg.ensemble_mode, cfg.loss, cfg.dp, pruned, mesh)
     update = jax.jit(_early_stop_update, static_argnums=(4,))
 
     def evaluate(states, es, epoch, data):
         logits = predict_logits(model, states.params, states.model_state, states.masks, data.x,
-                                data.dev_idx, cfg.eval_batch_size, cfg.ensemble_mode)
+                                data.dev_idx, cfg.eval_batch_size, cfg.ensemble_mode, mesh)
         dev_acc = _dev_accuracy(logits, data)
         return dev_acc, update(es, states, dev_acc, jnp.int32(epoch), cfg.patience)
 
@@ -568,7 +615,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     epoch_fn, evaluate = _compiled(
         model, dataclasses.replace(cfg, epochs=0, checkpoint_every=1, ensemble_mode=mode,
                                    keep="best"),
-        regularizer, steps_per_epoch, pruned)
+        regularizer, steps_per_epoch, pruned, mesh)
 
     bar = tqdm(range(start, cfg.epochs), desc=stage, file=sys.stderr, leave=False,
                initial=start, total=cfg.epochs)
@@ -580,16 +627,18 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         states, m = epoch_fn(states, es, data, epoch_keys)
         dev_acc, es = evaluate(states, es, epoch, data)
         epochs_run = epoch + 1
-        n = np.maximum(np.asarray(m["n"]), 1)
+        real = slice(0, num_models)  # without the padding models of a mesh
+        m, host_acc, done = sharding.to_host((m, dev_acc, es.done))
+        n = np.maximum(m["n"][real], 1)
         line = {"stage": stage, "epoch": epoch,
-                "train/loss": _rounded(np.asarray(m["loss_sum"]) / n),
-                "train/acc": _rounded(np.asarray(m["correct"]) / n),
-                "dev/acc": _rounded(dev_acc),
-                "stopped": np.asarray(es.done).tolist()}
-        if metrics_path:
+                "train/loss": _rounded(m["loss_sum"][real] / n),
+                "train/acc": _rounded(m["correct"][real] / n),
+                "dev/acc": _rounded(host_acc[real]),
+                "stopped": done[real].tolist()}
+        if metrics_path and jax.process_index() == 0:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
-        bar.set_postfix(dev_acc=f"{float(np.mean(dev_acc)):.3f}")
+        bar.set_postfix(dev_acc=f"{float(np.mean(line['dev/acc'])):.3f}")
         ckpt.save(epochs_run, _snapshot(states, es, epochs_run))
         if stop_after is not None and epochs_run - start >= stop_after:
             ckpt.close()
@@ -598,6 +647,8 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     ckpt.close()
     bar.close()
     states, es, masks = sharding.unpad((states, es, masks), num_models)
+    if jax.process_count() > 1:  # multi-host: every process gets every model
+        states, es, masks = jax.tree.map(jnp.asarray, sharding.to_host((states, es, masks)))
     if cfg.keep == "last":
         return FitResult(params=states.params, model_state=states.model_state, masks=masks,
                          best_epoch=np.full(num_models, epochs_run - 1),
@@ -612,7 +663,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
 
 def _snapshot(states: TrainState, es: EarlyStopState, epochs_done: int) -> dict:
     """What a checkpoint holds: everything the next epoch depends on (keys derive from it)."""
-    return {"states": states, "es": es, "epoch": jnp.asarray(epochs_done, jnp.int32)}
+    return {"states": states, "es": es, "epoch": np.asarray(epochs_done, np.int32)}
 
 
 def _rounded(values) -> list[float]:

@@ -77,6 +77,8 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--pruning=magic"], "unknown pruning method 'magic'"),
     (["--dataset=location", "--data_dir=/nonexistent"], "dataset_location.tgz not found"),
     (["--num_shadows=0"], "--num_shadows must be >= 1"),
+    (["--num_models=1"], "--num_models must be >= 2"),
+    (["--num_models=4", "--num_shadows=2"], "--num_models must be >= 2"),
     (["--pruning=slim"], "network slimming needs BatchNorm"),
     (["--attacks=lira"], "unknown attack 'lira'"),
     (["--dataset=location", "--attacks=label_aug"], "need an image dataset"),

@@ -109,14 +109,15 @@ def test_dp_fit_learns_keeps_masks_and_fused_equals_stepwise():
     params = pruning.apply_masks(params, masks)
     keys = jax.random.split(jax.random.key(4), 2)
     results = {}
-    for mode in ("fused", "stepwise"):
+    for mode in ("fused", "looped", "stepwise"):
         cfg = training.TrainConfig(epochs=6, batch_size=32, lr=1e-2, patience=None, keep="last",
                                    ensemble_mode=mode,
                                    dp=DPConfig(noise_multiplier=0.5, clip_norm=1.0,
                                                physical_batch=16))
         results[mode] = training.fit(model, params, state, masks, data, cfg, keys)
-    chex.assert_trees_all_close(results["fused"].params, results["stepwise"].params,
-                                rtol=1e-5, atol=1e-6)
+    for mode in ("looped", "stepwise"):
+        chex.assert_trees_all_close(results["fused"].params, results[mode].params,
+                                    rtol=1e-5, atol=1e-6)
     res = results["fused"]
     for p, m in zip(jax.tree.leaves(res.params), jax.tree.leaves(masks)):
         assert np.all(np.asarray(p)[np.asarray(m) == 0] == 0)

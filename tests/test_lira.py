@@ -70,3 +70,21 @@ def test_lira_beats_a_global_threshold_when_examples_differ_in_difficulty():
         global_auc.append(metrics.summarize(stat[t] - np.median(stat[t]), member)["auc"])
     assert np.mean(lira_auc) > 0.95 and np.mean(global_auc) < 0.7
     assert np.mean(lira_tpr) > 0.5
+
+
+def test_image_queries_are_mirror_times_shifts():
+    from jaxmia import reference_audit
+
+    x = np.arange(2 * 5 * 5 * 1, dtype=np.float32).reshape(2, 5, 5, 1)
+    views = reference_audit.query_views(2, 2)
+    assert len(views) == 18 and len(set(views)) == 18
+    np.testing.assert_array_equal(views[0](x), x)  # the unshifted image comes first
+    # Mirror, then shift by (-2, +2): crop at (0, 4) of the image reflect-padded by 2.
+    padded = np.pad(x[:, :, ::-1], ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    got = reference_audit.query_view(True, 0, 4, 2)(x)
+    np.testing.assert_array_equal(got, padded[:, 0:5, 4:9])
+    # Row 0 of that view is row 2 of the mirrored image (reflection, not wrap-around).
+    np.testing.assert_array_equal(got[:, 0, 0], x[:, 2, ::-1][:, 2])
+    assert reference_audit.query_view(True, 0, 4, 2) is reference_audit.query_view(True, 0, 4, 2)
+    assert len(reference_audit.query_views(0, 1)) == 2  # mirror only
+

@@ -25,6 +25,7 @@ def test_lira_study_on_digits(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((work / "results.json").read_text())
     assert res["num_models"] == 4 and res["targets"] == 2
+    assert res["queries_per_example"] == 18  # digits are 8x8 images: mirror x 3 x 3 shifts
     assert set(res["attacks"]) == {"lira_online", "lira_online_fixed_var", "lira_offline",
                                    "lira_offline_fixed_var", "rmia_online", "rmia_offline",
                                    "loss_threshold"}
@@ -50,6 +51,7 @@ def test_lira_study_on_digits(tmp_path):
     (["--num_models=2"], "--num_models must be >= 4"),
     (["--dataset=mnist"], "unknown dataset 'mnist'"),
     (["--pruning=magic"], "unknown pruning method 'magic'"),
+    (["--query_shift=3"], "--query_shift must be >= 0 and a multiple of --query_stride"),
 ])
 def test_lira_bad_input(tmp_path, args, expect):
     r = _run(*args, f"--workdir={tmp_path / 'w'}")

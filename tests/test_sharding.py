@@ -58,17 +58,86 @@ def test_sharded_training_equals_single_device():
         assert res["best_epoch_equal"] and res["steps_equal"], (key, res)
 
 
+PER_DEVICE_SCRIPT = r'''
+import json
+import jax, jax.numpy as jnp, numpy as np
+from jaxmia import features, models, pruning, sharding, training
+
+rng = np.random.default_rng(0)
+x = rng.normal(size=(240, 8)).astype(np.float32)
+y = ((x[:, 0] > 0).astype(np.int32) + 2 * (x[:, 1] > 0)).astype(np.int32)
+K = 3
+train = [rng.permutation(180)[:150 - 7 * k] for k in range(K)]
+dev = [np.arange(180, 240 - 5 * k) for k in range(K)]
+model = models.make("mlp", 4, (8,))
+keys = jax.random.split(jax.random.key(42), K)
+params, state = training.init_ensemble(model, keys)
+data = training.make_ensemble_data(x, y, train, dev)
+mesh = sharding.model_mesh()
+ones = pruning.ones_like(params)
+out = {}
+
+def diff(a, b):
+    return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a),
+                                                                jax.tree.leaves(b)))
+
+# The stepwise mode (models unrolled inside one call) split by device with shard_map.
+cfg = training.TrainConfig(epochs=3, batch_size=32, patience=1, ensemble_mode="stepwise")
+ref = training.fit(model, params, state, ones, data, cfg, keys)
+got = training.fit(model, params, state, ones, data, cfg, keys, mesh=mesh,
+                   metrics_path="metrics.jsonl")
+out["stepwise_fit"] = diff(got.params, ref.params)
+out["metrics_models"] = [len(json.loads(l)["dev/acc"]) for l in open("metrics.jsonl")]
+idx = jnp.asarray(np.stack([np.arange(100) + 20 * k for k in range(K)]))
+for mode in ("fused", "stepwise"):
+    a = training.predict_logits(model, ref.params, ref.model_state, ones, data.x, idx, 32, mode)
+    b = training.predict_logits(model, ref.params, ref.model_state, ones, data.x, idx, 32, mode,
+                                mesh=mesh)
+    out[f"logits_{mode}"] = [list(b.shape), diff(a, b)]
+    a, b = (features.ensemble_sensitivity(model, ref.params, ref.model_state, ones, data.x, idx,
+                                          jax.random.key(1), mode=mode, chunk=40, mesh=m)
+            for m in (None, mesh))
+    out[f"sensitivity_{mode}"] = [list(b.shape), diff(a, b)]
+# Each device computes its own models: the compiled program communicates nothing.
+fn = training._predict_fn(model, "stepwise", 32, mesh, None)
+args = [sharding.shard_models(sharding.pad(t, K, 8), mesh)
+        for t in (ref.params, ref.model_state, ones, idx[:, :32])]
+text = fn.lower(*args, sharding.replicate(data.x, mesh)).compile().as_text()
+out["collectives"] = [c for c in ("all-gather", "all-reduce", "collective-permute", "all-to-all")
+                      if c in text]
+print(json.dumps(out))
+'''
+
+
+def test_per_device_programs_equal_single_device(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "PYTHONPATH": ROOT}
+    r = subprocess.run([sys.executable, "-c", PER_DEVICE_SCRIPT], capture_output=True, text=True,
+                       cwd=tmp_path, env=env, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["stepwise_fit"] < 1e-5, out
+    assert out["metrics_models"] == [3, 3, 3], out  # padding models are not reported
+    for mode in ("fused", "stepwise"):
+        assert out[f"logits_{mode}"][0] == [3, 100, 4] and out[f"logits_{mode}"][1] < 1e-5, out
+        assert out[f"sensitivity_{mode}"][0] == [3, 100, 4], out
+        assert out[f"sensitivity_{mode}"][1] < 1e-3, out
+    assert out["collectives"] == [], out
+
+
 def test_audit_uses_every_device_with_the_same_results(tmp_path):
-    args = ["--epochs=2", "--num_shadows=2", "--attacks=loss,confidence"]
+    """One device vs 8 CPU devices (--cpu_devices), the models given as --num_models."""
+    common = ["--epochs=2", "--attacks=loss,confidence"]
     runs = {}
-    for devices in (1, 8):
-        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    for devices, extra in ((1, ["--num_shadows=2"]),
+                           (8, ["--num_models=3", "--cpu_devices=8"])):
         work = tmp_path / f"d{devices}"
         r = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "audit.py"),
-                            f"--workdir={work}", *args], capture_output=True, text=True,
-                           cwd=ROOT, env=env, timeout=900)
+                            f"--workdir={work}", *common, *extra], capture_output=True,
+                           text=True, cwd=ROOT, timeout=900)
         assert r.returncode == 0, r.stderr[-2000:]
         runs[devices] = json.loads((work / "results.json").read_text())
     assert runs[8]["jax"]["devices"] == 8 and runs[1]["jax"]["devices"] == 1
+    assert runs[8]["num_shadows"] == runs[1]["num_shadows"] == 2
     assert runs[8]["attacks"] == runs[1]["attacks"]
     assert runs[8]["accuracy"] == runs[1]["accuracy"]

@@ -174,7 +174,7 @@ def test_train_step_weighted_loss_matches_unpadded_mean():
     jax.tree.map(np.testing.assert_array_equal, empty.params, st.params)
 
 
-def test_fused_and_stepwise_ensemble_modes_agree():
+def test_fused_looped_and_stepwise_ensemble_modes_agree():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(96, 8, 8, 1)).astype(np.float32)
     y = (x[:, :4].mean((1, 2, 3)) > 0).astype(np.int32)
@@ -184,13 +184,34 @@ def test_fused_and_stepwise_ensemble_modes_agree():
     ens = training.make_ensemble_data(x, y, [np.arange(60), np.arange(10, 64)],
                                       [np.arange(64, 96)] * 2)
     out = {}
-    for mode in ("fused", "stepwise"):
+    for mode in ("fused", "looped", "stepwise"):
         cfg = training.TrainConfig(epochs=2, batch_size=16, patience=None, ensemble_mode=mode)
         out[mode] = training.fit(model, params, state, pruning.ones_like(params), ens, cfg, keys)
-    chex.assert_trees_all_close(out["fused"].params, out["stepwise"].params, rtol=1e-4,
-                                atol=1e-5)
+    for mode in ("looped", "stepwise"):
+        chex.assert_trees_all_close(out["fused"].params, out[mode].params, rtol=1e-4, atol=1e-5)
     assert training.resolve_ensemble_mode("auto", params) == "stepwise"  # conv model on CPU
-    assert training.resolve_ensemble_mode("auto", {"k": jnp.zeros((2, 3, 4))}) == "fused"
+    assert training.resolve_ensemble_mode("auto", {"k": jnp.zeros((2, 3, 4))}) == "looped"
+
+
+def test_looped_mode_skips_stopped_models_like_fused():
+    """Early stopping at different epochs: 'looped' (stopped models skipped by a branch) and
+    'fused' (vmapped, stopped models masked) give the same models, epochs and metrics."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(300, 6)).astype(np.float32)
+    y = (x[:, 0] + 0.5 * rng.normal(size=300) > 0).astype(np.int32)
+    model = models.make("mlp", 2, (6,))
+    keys = jax.random.split(jax.random.key(5), 3)
+    params, state = training.init_ensemble(model, keys)
+    ens = training.make_ensemble_data(x, y, [np.arange(200)] * 3, [np.arange(200, 300)] * 3)
+    out = {}
+    for mode in ("fused", "looped"):
+        cfg = training.TrainConfig(epochs=12, batch_size=32, lr=3e-2, patience=0,
+                                   ensemble_mode=mode)
+        out[mode] = training.fit(model, params, state, pruning.ones_like(params), ens, cfg, keys)
+    assert len(set(out["looped"].steps.tolist())) > 1  # the models stopped at different epochs
+    np.testing.assert_array_equal(out["looped"].steps, out["fused"].steps)
+    np.testing.assert_array_equal(out["looped"].best_epoch, out["fused"].best_epoch)
+    chex.assert_trees_all_close(out["fused"].params, out["looped"].params, rtol=1e-4, atol=1e-5)
 
 
 def test_lr_milestones_decay_like_multisteplr():
