@@ -28,7 +28,7 @@ import sys
 
 from absl import app, flags, logging
 
-from jaxmia import attacks, features, sharding
+from jaxmia import attacks, cli, features
 from jaxmia import audit as audit_lib
 from jaxmia.errors import UserError
 
@@ -99,12 +99,7 @@ flags.DEFINE_string("data_dir", None, "data folder (default: $JAXMIA_DATA_DIR)")
 flags.DEFINE_string("workdir", None, "output folder (default: workdir/<dataset>_<model>_"
                     "<pruning><sparsity>_s<seed>)")
 flags.DEFINE_integer("checkpoint_every", D.checkpoint_every, "epochs between checkpoints")
-flags.DEFINE_string("coordinator", None, "multi-host: process 0's HOST:PORT (every process "
-                    "runs the same command), or 'auto' to read the cluster's environment")
-flags.DEFINE_integer("num_processes", None, "multi-host: how many processes")
-flags.DEFINE_integer("process_id", None, "multi-host: this process's rank in [0, num_processes)")
-flags.DEFINE_integer("cpu_devices", None, "on CPU, expose this many devices (e.g. the number of "
-                     "cores): the models are split over them (default: JAX's, one)")
+cli.define_device_flags()
 FLAGS = flags.FLAGS
 
 
@@ -117,8 +112,7 @@ def main(argv):
     cfg = audit_lib.AuditConfig(**{**values, "attacks": tuple(values["attacks"]),
                                    "workdir": values["workdir"] or ""})
     try:
-        sharding.set_cpu_devices(FLAGS.cpu_devices)
-        sharding.start_processes(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+        cli.start_devices()
         if FLAGS.num_models is not None:
             if FLAGS.num_models < 2 or (FLAGS["num_shadows"].present
                                         and FLAGS.num_shadows != FLAGS.num_models - 1):

@@ -16,8 +16,8 @@ import sys
 
 from absl import app, flags, logging
 
+from jaxmia import cli
 from jaxmia import reference_audit as lib
-from jaxmia import sharding
 from jaxmia.errors import UserError
 
 D = lib.StudyConfig()
@@ -47,12 +47,7 @@ flags.DEFINE_integer("seed", D.seed, "root PRNG seed")
 flags.DEFINE_string("data_dir", None, "data folder (default: $JAXMIA_DATA_DIR)")
 flags.DEFINE_string("workdir", D.workdir, "output folder")
 flags.DEFINE_integer("checkpoint_every", D.checkpoint_every, "epochs between checkpoints")
-flags.DEFINE_string("coordinator", None, "multi-host: process 0's HOST:PORT (every process "
-                    "runs the same command), or 'auto' to read the cluster's environment")
-flags.DEFINE_integer("num_processes", None, "multi-host: how many processes")
-flags.DEFINE_integer("process_id", None, "multi-host: this process's rank in [0, num_processes)")
-flags.DEFINE_integer("cpu_devices", None, "on CPU, expose this many devices (e.g. the number of "
-                     "cores): the models are split over them (default: JAX's, one)")
+cli.define_device_flags()
 FLAGS = flags.FLAGS
 
 
@@ -63,8 +58,7 @@ def main(argv):
     cfg = lib.StudyConfig(**{f.name: getattr(FLAGS, f.name)
                              for f in dataclasses.fields(lib.StudyConfig)})
     try:
-        sharding.set_cpu_devices(FLAGS.cpu_devices)
-        sharding.start_processes(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
+        cli.start_devices()
         results = lib.run(cfg)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

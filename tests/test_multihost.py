@@ -20,19 +20,12 @@ num, pid = int(num), int(pid)
 if num > 1:
     sharding.start_processes(f"localhost:{port}", num, pid)
 import jax
-from jaxmia import models, pruning, training
+from jaxmia import pruning, training
 from jaxmia.dp import DPConfig
 
-rng = np.random.default_rng(0)
-x = rng.normal(size=(240, 8)).astype(np.float32)
-y = ((x[:, 0] > 0).astype(np.int32) + 2 * (x[:, 1] > 0)).astype(np.int32)
+from tests.toys import toy_ensemble
 K = 3
-train = [rng.permutation(180)[:150 - 7 * k] for k in range(K)]
-dev = [np.arange(180, 240 - 5 * k) for k in range(K)]
-model = models.make("mlp", 4, (8,))
-keys = jax.random.split(jax.random.key(42), K)
-params, state = training.init_ensemble(model, keys)
-data = training.make_ensemble_data(x, y, train, dev)
+model, params, state, data, keys = toy_ensemble(K)
 configs = {"adam": training.TrainConfig(epochs=4, batch_size=32, patience=1),
            "dp": training.TrainConfig(epochs=3, batch_size=32, dp=DPConfig(noise_multiplier=1.0))}
 for name, cfg in configs.items():

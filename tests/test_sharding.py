@@ -10,20 +10,13 @@ from tests.conftest import ROOT
 SCRIPT = r'''
 import json
 import jax, jax.numpy as jnp, numpy as np
-from jaxmia import models, pruning, sharding, training
+from jaxmia import pruning, sharding, training
 from jaxmia.dp import DPConfig
 
 assert jax.device_count() == 8, jax.devices()
-rng = np.random.default_rng(0)
-x = rng.normal(size=(240, 8)).astype(np.float32)
-y = ((x[:, 0] > 0).astype(np.int32) + 2 * (x[:, 1] > 0)).astype(np.int32)
+from tests.toys import toy_ensemble
 K = 3
-train = [rng.permutation(180)[:150 - 7 * k] for k in range(K)]
-dev = [np.arange(180, 240 - 5 * k) for k in range(K)]
-model = models.make("mlp", 4, (8,))
-keys = jax.random.split(jax.random.key(42), K)
-params, state = training.init_ensemble(model, keys)
-data = training.make_ensemble_data(x, y, train, dev)
+model, params, state, data, keys = toy_ensemble(K)
 out = {}
 for name, cfg in {"adam": training.TrainConfig(epochs=4, batch_size=32, patience=1),
                   "dp": training.TrainConfig(epochs=3, batch_size=32,
@@ -61,18 +54,11 @@ def test_sharded_training_equals_single_device():
 PER_DEVICE_SCRIPT = r'''
 import json
 import jax, jax.numpy as jnp, numpy as np
-from jaxmia import features, models, pruning, sharding, training
+from jaxmia import features, pruning, sharding, training
 
-rng = np.random.default_rng(0)
-x = rng.normal(size=(240, 8)).astype(np.float32)
-y = ((x[:, 0] > 0).astype(np.int32) + 2 * (x[:, 1] > 0)).astype(np.int32)
+from tests.toys import toy_ensemble
 K = 3
-train = [rng.permutation(180)[:150 - 7 * k] for k in range(K)]
-dev = [np.arange(180, 240 - 5 * k) for k in range(K)]
-model = models.make("mlp", 4, (8,))
-keys = jax.random.split(jax.random.key(42), K)
-params, state = training.init_ensemble(model, keys)
-data = training.make_ensemble_data(x, y, train, dev)
+model, params, state, data, keys = toy_ensemble(K)
 mesh = sharding.model_mesh()
 ones = pruning.ones_like(params)
 out = {}

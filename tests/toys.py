@@ -24,3 +24,22 @@ def toy_features(n: int = 400, c: int = 4, seed: int = 1, gap: float = 6.0):
     for name, scale in (("label_aug", 1.0), ("label_noise", 1.0), ("label_boundary", 3.0)):
         f[name] = scale * np.clip(np.where(member, 0.8, 0.4) + 0.2 * rng.normal(size=n), 0, 1)
     return f, member
+
+
+def toy_ensemble(num_models: int = 3):
+    """Three small MLPs on 4-class Gaussian data with per-model train/dev rows of different
+    sizes (the sharding and multi-host scripts' problem): model, params, state, data, keys."""
+    import jax
+
+    from jaxmia import models, training
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(240, 8)).astype(np.float32)
+    y = ((x[:, 0] > 0).astype(np.int32) + 2 * (x[:, 1] > 0)).astype(np.int32)
+    train = [rng.permutation(180)[:150 - 7 * k] for k in range(num_models)]
+    dev = [np.arange(180, 240 - 5 * k) for k in range(num_models)]
+    model = models.make("mlp", 4, (8,))
+    keys = jax.random.split(jax.random.key(42), num_models)
+    params, state = training.init_ensemble(model, keys)
+    return model, params, state, training.make_ensemble_data(x, y, train, dev), keys
+
