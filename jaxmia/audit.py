@@ -87,9 +87,9 @@ class AuditConfig:
     checkpoint_every: int = 1
 
     def resolved(self) -> AuditConfig:
-        simple = self.dataset in data.TABULAR or self.dataset == "digits"
-        model = self.model or ("mlp" if simple else "resnet18")
-        epochs = self.epochs if self.epochs is not None else (50 if simple else 100)
+        model = self.model or data.default_model(self.dataset)
+        epochs = self.epochs if self.epochs is not None else (
+            50 if data.is_small(self.dataset) else 100)
         finetune = self.finetune_epochs if self.finetune_epochs is not None else epochs // 2
         return dataclasses.replace(self, model=model, epochs=epochs, finetune_epochs=finetune)
 

@@ -83,9 +83,12 @@ class DPConfig:
         return float(batch_size)
 
 
-def sampling_rate(batch_size: int, n: int) -> float:
-    """Poisson sampling probability of one row: ``batch_size / n`` (1 when n is smaller)."""
-    return min(1.0, batch_size / max(n, 1))
+def sampling_rate(batch_size: int, n: int | jax.Array):
+    """Poisson sampling probability of one row: ``batch_size / n`` (1 when n is smaller); ``n``
+    may be a traced count (the training plan) or a Python int (the accountant)."""
+    if isinstance(n, int):  # in float64, for the accountant
+        return min(1.0, batch_size / max(n, 1))
+    return jnp.minimum(1.0, batch_size / jnp.maximum(n, 1))
 
 
 def gaussian_noise(key, params, masks, std: float, rng: str = "threefry"):

@@ -66,8 +66,7 @@ class StudyConfig:
 
 def validate(cfg: StudyConfig) -> StudyConfig:
     data.check_name(cfg.dataset)
-    simple = cfg.dataset in data.TABULAR or cfg.dataset == "digits"
-    cfg = dataclasses.replace(cfg, model=cfg.model or ("mlp" if simple else "resnet18"))
+    cfg = dataclasses.replace(cfg, model=cfg.model or data.default_model(cfg.dataset))
     models.check_name(cfg.model)
     if cfg.num_models < 4:
         raise UserError(f"--num_models must be >= 4 (targets need in- and out-references), "

@@ -309,7 +309,7 @@ def _poisson_chosen(done, n, n_max, key, batch_size):
     """Poisson sampling of one model's epoch: ``[steps, n_max]`` membership of each row in each
     logical batch (rate ``batch_size / n``; nothing once the model has stopped)."""
     steps = -(-n_max // batch_size)
-    q = jnp.minimum(1.0, batch_size / jnp.maximum(n, 1))
+    q = dp_lib.sampling_rate(batch_size, n)
     u = jax.random.uniform(jax.random.split(key)[0], (steps, n_max))
     return (u < q) & (jnp.arange(n_max) < n)[None, :] & ~done
 

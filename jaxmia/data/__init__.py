@@ -23,6 +23,15 @@ REGISTRY = {
 TABULAR = ("location", "purchase100", "texas100")
 
 
+def is_small(name: str) -> bool:
+    """Tabular data and digits: the MLP is the default model there (resnet18 elsewhere)."""
+    return name in TABULAR or name == "digits"
+
+
+def default_model(name: str) -> str:
+    return "mlp" if is_small(name) else "resnet18"
+
+
 def check_name(name: str) -> None:
     if name not in REGISTRY:
         raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(REGISTRY)}")
