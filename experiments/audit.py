@@ -24,7 +24,6 @@ one line starting with "error:" and exits with status 2, writing nothing.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from absl import app, flags, logging
 
@@ -109,10 +108,11 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     # Every AuditConfig field has a flag of the same name.
     values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(audit_lib.AuditConfig)}
-    cfg = audit_lib.AuditConfig(**{**values, "attacks": tuple(values["attacks"]),
-                                   "workdir": values["workdir"] or ""})
-    try:
-        cli.start_devices()
+    config = audit_lib.AuditConfig(**{**values, "attacks": tuple(values["attacks"]),
+                                      "workdir": values["workdir"] or ""})
+
+    def body():
+        cfg = config
         if FLAGS.num_models is not None:
             if FLAGS.num_models < 2 or (FLAGS["num_shadows"].present
                                         and FLAGS.num_shadows != FLAGS.num_models - 1):
@@ -126,11 +126,9 @@ def main(argv):
             cfg = dataclasses.replace(
                 cfg, workdir=f"workdir/{r.dataset}_{r.model}_{r.pruning}{r.sparsity}{dp}_s{r.seed}")
         results = audit_lib.run(cfg)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(audit_lib.format_table(results))
-    print(f"\nresults: {cfg.workdir}/results.json")
+        return audit_lib.format_table(results), f"{cfg.workdir}/results.json"
+
+    cli.run(body)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ Bad input prints one line starting with "error:" and exits with status 2.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 from absl import app, flags, logging
 
 from jaxmia import cli
 from jaxmia import reference_audit as lib
-from jaxmia.errors import UserError
 
 D = lib.StudyConfig()
 flags.DEFINE_string("dataset", D.dataset, "location | purchase100 | texas100 | digits | cifar10 "
@@ -57,14 +55,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     cfg = lib.StudyConfig(**{f.name: getattr(FLAGS, f.name)
                              for f in dataclasses.fields(lib.StudyConfig)})
-    try:
-        cli.start_devices()
+
+    def body():
         results = lib.run(cfg)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(lib.format_table(results))
-    print(f"\nresults: {cfg.workdir}/results.json")
+        return lib.format_table(results), f"{cfg.workdir}/results.json"
+
+    cli.run(body)
 
 
 if __name__ == "__main__":
