@@ -4,7 +4,8 @@ Same inputs and weights on both sides: the tabular MLP 600 -> 256 -> 128 -> 100 
 N inputs, m Gaussian perturbations of size eps per input. PyTorch runs the way mia_prune's
 ``predict_target_sensitivity`` does (a loop over batches of 128; per batch: softmax of the batch,
 the batch repeated m times plus eps * randn, softmax, mean |difference| / eps). jaxmia runs
-``features.ensemble_sensitivity`` (one jitted call per chunk) with each of its noise sources:
+``features.ensemble_sensitivity`` (one jitted call per chunk, returning the clean logits for the
+confidence from the same pass) with each of its noise sources:
 'fast' (independent input-space normals), 'projected' (the same law drawn after the first dense
 layer), 'shared' (one set of m directions for all examples) and 'threefry' (JAX's generator).
 Every measurement is its own subprocess, once with one thread (examples per CPU-second: the
@@ -92,13 +93,15 @@ def worker_jax(d, m, eps, repeats, noise):
     idx = jnp.arange(len(x_all))[None]
     key = jax.random.key(0)
 
-    def run():
-        from jaxmia import training
+    # Only the confidence of the feature set (the PyTorch loop computes nothing else).
+    confidence = jax.jit(lambda logits, y: features.extract(logits, y)["confidence"])
 
-        logits = training.predict_logits(model, params, {}, masks, x_all, idx)
-        conf = features.extract(logits, y_all[None])["confidence"]
-        sens = features.ensemble_sensitivity(model, params, {}, masks, x_all, idx, key,
-                                             num_samples=m, epsilon=eps, noise=noise)
+    def run():
+        # One pass gives the clean logits and the sensitivity (as the PyTorch loop reuses p).
+        sens, logits = features.ensemble_sensitivity(model, params, {}, masks, x_all, idx, key,
+                                                     num_samples=m, epsilon=eps, noise=noise,
+                                                     return_logits=True)
+        conf = confidence(logits, y_all[None])
         return jax.block_until_ready((conf, sens))
 
     run()  # compile

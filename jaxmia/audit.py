@@ -62,7 +62,7 @@ class AuditConfig:
     attacks: tuple[str, ...] = ("all",)  # names, or the sets 'all', 'paper', 'threshold'
     sensitivity_samples: int = 10  # m of the sensitivity feature; 0 skips it (and SAMIA)
     sensitivity_epsilon: float = 1e-3
-    sensitivity_noise: str = "fast"  # see features.sensitivity
+    sensitivity_noise: str = "auto"  # features.NOISE; auto: projected for the MLP, else fast
     label_only_examples: int = 500  # per split and model, for the label-only attacks
     blindmi_reference: int = 200  # generated non-members BlindMI compares against
     attack_epochs: int | None = None  # None: each classifier attack's own (paper) epochs
@@ -129,12 +129,7 @@ def validate(cfg: AuditConfig) -> AuditConfig:
     cfg = dataclasses.replace(cfg, attacks=expand_attacks(cfg))
     if cfg.sensitivity_samples < 0 or not cfg.sensitivity_epsilon > 0:
         raise UserError("--sensitivity_samples must be >= 0 and --sensitivity_epsilon > 0")
-    if cfg.sensitivity_noise not in features.NOISE:
-        raise UserError(f"unknown --sensitivity_noise '{cfg.sensitivity_noise}'; choose one of "
-                        f"{', '.join(features.NOISE)}")
-    if cfg.sensitivity_noise == "projected" and cfg.model != "mlp":
-        raise UserError(f"--sensitivity_noise=projected needs --model=mlp (a dense first "
-                        f"layer), not {cfg.model}; use fast")
+    features.resolve_noise(cfg.sensitivity_noise, cfg.model)  # refuses a bad choice
     needs = [a for a in cfg.attacks if a in attacks.NEEDS_SENSITIVITY]
     if needs and cfg.sensitivity_samples == 0:
         raise UserError(f"attack(s) {', '.join(needs)} need the sensitivity feature; drop them "
@@ -257,13 +252,18 @@ def _model_features(cfg, model, params, state, masks, x, y, idx_lists, key, mesh
     """Features of each model on its own rows: dict of [K, n_max, ...] (+ counts)."""
     idx, n = training.pad_indices(idx_lists)
     idx_j = jnp.asarray(idx)
-    logits = training.predict_logits(model, params, state, masks, x, idx_j, mesh=mesh)
+    sens = None
+    if cfg.sensitivity_samples:  # one pass gives the logits too
+        sens, logits = features.ensemble_sensitivity(
+            model, params, state, masks, x, idx_j, key, num_samples=cfg.sensitivity_samples,
+            epsilon=cfg.sensitivity_epsilon, noise=cfg.sensitivity_noise, mesh=mesh,
+            return_logits=True)
+    else:
+        logits = training.predict_logits(model, params, state, masks, x, idx_j, mesh=mesh)
     feats = jax.device_get(features.extract(logits, y[idx_j]))
     feats["labels"] = np.asarray(y)[idx]
-    if cfg.sensitivity_samples:
-        feats["sensitivity"] = np.asarray(features.ensemble_sensitivity(
-            model, params, state, masks, x, idx_j, key, num_samples=cfg.sensitivity_samples,
-            epsilon=cfg.sensitivity_epsilon, noise=cfg.sensitivity_noise, mesh=mesh))
+    if sens is not None:
+        feats["sensitivity"] = np.asarray(sens)
     return feats, n
 
 
@@ -549,7 +549,7 @@ def run(cfg: AuditConfig) -> dict:
         "attacks": results["attacks"],
         "gaps": results["gaps"],
         "sensitivity": {"samples": cfg.sensitivity_samples, "epsilon": cfg.sensitivity_epsilon,
-                        "noise": cfg.sensitivity_noise},
+                        "noise": features.resolve_noise(cfg.sensitivity_noise, cfg.model)},
         "timing_s": {k: round(v, 2) for k, v in timing.items()},
         "attack_timing_s": attack_seconds,  # per stage: feature extraction, then each attack
         "jax": {"version": jax.__version__, "backend": jax.default_backend(),

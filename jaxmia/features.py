@@ -28,7 +28,19 @@ from jaxmia.errors import UserError
 from jaxmia.models import mlp
 
 TINY = 1e-30
-NOISE = ("fast", "shared", "threefry", "projected")
+NOISE = ("auto", "fast", "shared", "threefry", "projected")
+
+
+def resolve_noise(noise: str, model_name: str) -> str:
+    """'auto' -> 'projected' for the MLP (same law, ~1.7x faster: BUILD_NOTES.md), else 'fast'."""
+    if noise not in NOISE:
+        raise UserError(f"unknown --sensitivity_noise '{noise}'; choose one of {', '.join(NOISE)}")
+    if noise == "auto":
+        return "projected" if model_name == "mlp" else "fast"
+    if noise == "projected" and model_name != "mlp":
+        raise UserError(f"--sensitivity_noise=projected needs the mlp model (its first layer is "
+                        f"dense), not {model_name}; use fast")
+    return noise
 
 
 @jax.jit
@@ -65,7 +77,7 @@ def logit_scaled(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def sensitivity(logits_fn, x: jax.Array, key: jax.Array, num_samples: int = 10,
-                epsilon: float = 1e-3, noise: str = "fast", offset=0) -> jax.Array:
+                epsilon: float = 1e-3, noise: str = "fast", offset=0, with_logits: bool = False):
     """Prediction sensitivity as mia_prune's ``predict_target_sensitivity`` computes it.
 
     p = softmax(f(x)); for m = ``num_samples`` Gaussian directions u ~ N(0, I) in the (normalized)
@@ -87,11 +99,13 @@ def sensitivity(logits_fn, x: jax.Array, key: jax.Array, num_samples: int = 10,
         default generator (slow on CPU), folded with ``offset``. 'projected' (MLP only,
         through :func:`sensitivity_projected`).
       offset: the global row index of ``x[0]`` (for chunked calls).
+      with_logits: also return the unperturbed logits (computed anyway), so that the other
+        features need no second forward pass.
 
     Returns:
-      ``[B, C]`` sensitivities (float32).
+      ``[B, C]`` sensitivities (float32), and the ``[B, C]`` logits with ``with_logits``.
     """
-    if noise not in NOISE or noise == "projected":
+    if noise not in NOISE or noise in ("projected", "auto"):
         raise ValueError(f"unknown noise '{noise}' here; choose one of fast, shared, threefry "
                          "(projected: sensitivity_projected)")
     b, shape = x.shape[0], x.shape[1:]
@@ -104,16 +118,23 @@ def sensitivity(logits_fn, x: jax.Array, key: jax.Array, num_samples: int = 10,
                              (b, num_samples) + shape)
     else:
         u = jax.random.normal(jax.random.fold_in(key, offset), (b, num_samples) + shape, x.dtype)
-    p = jax.nn.softmax(logits_fn(x).astype(jnp.float32), axis=-1)
+    logits = logits_fn(x)
     perturbed = (x[:, None] + epsilon * u).reshape((b * num_samples,) + shape)
-    q = jax.nn.softmax(logits_fn(perturbed).astype(jnp.float32), axis=-1)
-    q = q.reshape((b, num_samples) + p.shape[1:])
-    return jnp.mean(jnp.abs(q - p[:, None]), axis=1) / epsilon
+    return _finite_difference(logits, logits_fn(perturbed), num_samples, epsilon, with_logits)
+
+
+def _finite_difference(logits, perturbed_logits, num_samples, epsilon, with_logits):
+    """mean over copies of |softmax(perturbed) - softmax(clean)| / eps (and the clean logits)."""
+    p = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    q = jax.nn.softmax(perturbed_logits.astype(jnp.float32), axis=-1)
+    q = q.reshape((p.shape[0], num_samples) + p.shape[1:])
+    sens = jnp.mean(jnp.abs(q - p[:, None]), axis=1) / epsilon
+    return (sens, logits) if with_logits else sens
 
 
 def sensitivity_projected(kernel: jax.Array, bias: jax.Array, rest_fn, x: jax.Array,
                           key: jax.Array, num_samples: int = 10, epsilon: float = 1e-3,
-                          offset=0) -> jax.Array:
+                          offset=0, scale=None, with_logits: bool = False):
     """The same sensitivity for a model whose first layer is dense, ``f(x) = g(x W + b)``, drawing
     the noise where it lands instead of in the input space.
 
@@ -128,43 +149,51 @@ def sensitivity_projected(kernel: jax.Array, bias: jax.Array, rest_fn, x: jax.Ar
       kernel, bias: the first layer ``[D, H]``, ``[H]`` (masked).
       rest_fn: logits from the first pre-activation, ``[N, H] -> [N, C]``.
       x: inputs ``[B, D]`` (or ``[B, ...]`` flattened to D).
-      key, num_samples, epsilon, offset: as :func:`sensitivity` (noise 'fast').
+      key, num_samples, epsilon, offset, with_logits: as :func:`sensitivity` (noise 'fast').
+      scale: :func:`projection_scale` of ``kernel`` (computed here when None; pass it to do the
+        eigendecomposition once for many chunks).
     """
     b = x.shape[0]
     z0 = x.reshape(b, -1) @ kernel + bias
     hidden = kernel.shape[1]
-    lam, vecs = jnp.linalg.eigh(kernel.T @ kernel)
-    scale = vecs * jnp.sqrt(jnp.maximum(lam, 0.0))[None, :]  # S with S S^T = W^T W
+    scale = projection_scale(kernel) if scale is None else scale
     z = fastrand.normal(key, (b, num_samples, hidden), z0.dtype,
                         offset=jnp.asarray(offset, jnp.uint32) * (num_samples * hidden))
-    p = jax.nn.softmax(rest_fn(z0).astype(jnp.float32), axis=-1)
     perturbed = (z0[:, None] + epsilon * (z @ scale.T)).reshape(b * num_samples, hidden)
-    q = jax.nn.softmax(rest_fn(perturbed).astype(jnp.float32), axis=-1)
-    q = q.reshape((b, num_samples) + p.shape[1:])
-    return jnp.mean(jnp.abs(q - p[:, None]), axis=1) / epsilon
+    return _finite_difference(rest_fn(z0), rest_fn(perturbed), num_samples, epsilon,
+                              with_logits)
+
+
+def projection_scale(kernel: jax.Array) -> jax.Array:
+    """S with S S^T = W^T W for a first-layer kernel W ``[D, H]`` (from an eigendecomposition, so
+    a pruned, rank-deficient W is fine)."""
+    lam, vecs = jnp.linalg.eigh(kernel.T @ kernel)
+    return vecs * jnp.sqrt(jnp.maximum(lam, 0.0))[None, :]
 
 
 @functools.lru_cache(maxsize=16)
 def _ensemble_fn(model, mode: str, num_samples: int, epsilon: float, noise: str, mesh):
-    def one(params, state, masks, rows, key, offset, x_all):
+    def one(params, state, masks, rows, key, scale, offset, x_all):
         live = pruning.apply_masks(params, masks)
         if noise == "projected":
             kernel, bias = mlp.first_layer(live)
             return sensitivity_projected(kernel, bias,
                                          lambda z: mlp.from_first_preactivation(live, z),
-                                         x_all[rows], key, num_samples, epsilon, offset)
+                                         x_all[rows], key, num_samples, epsilon, offset, scale,
+                                         with_logits=True)
         return sensitivity(lambda x: model.apply(live, state, x, train=False)[0], x_all[rows],
-                           key, num_samples, epsilon, noise, offset)
+                           key, num_samples, epsilon, noise, offset, with_logits=True)
 
-    axes = (0, 0, 0, 0, 0, None, None)
+    axes = (0, 0, 0, 0, 0, 0, None, None)
     mapped = (training.unrolled_models(one, axes) if mode == "stepwise"
               else jax.vmap(one, in_axes=axes))
     return jax.jit(sharding.over_models(mapped, mesh, axes))
 
 
 def ensemble_sensitivity(model, params, model_state, masks, x_all, idx, key: jax.Array, *,
-                         num_samples: int = 10, epsilon: float = 1e-3, noise: str = "fast",
-                         chunk: int | None = None, mode: str = "auto", mesh=None) -> jax.Array:
+                         num_samples: int = 10, epsilon: float = 1e-3, noise: str = "auto",
+                         chunk: int | None = None, mode: str = "auto", mesh=None,
+                         return_logits: bool = False):
     """Sensitivity of every model of an ensemble on its own rows: ``idx [K, n] -> [K, n, C]``.
 
     One jitted call per chunk of rows computes all K models (vmapped, or unrolled for conv models
@@ -174,19 +203,29 @@ def ensemble_sensitivity(model, params, model_state, masks, x_all, idx, key: jax
     2048-row ones, see BUILD_NOTES.md).
     Model k draws from ``fold_in(key, k)``, and with the default noise its result does not
     depend on ``chunk``. With a ``mesh`` each device computes its share of the models.
+    ``return_logits``: also return the unperturbed logits ``[K, n, C]`` of the same pass (what
+    the other features are computed from).
     """
-    if noise == "projected" and model.name != "mlp":
-        raise UserError(f"--sensitivity_noise=projected needs the mlp model (its first layer is "
-                        f"dense), not {model.name}; use fast")
+    noise = resolve_noise(noise, model.name)
     mode = training.resolve_ensemble_mode(mode, params)
     num_models, n = idx.shape
     dim = math.prod(x_all.shape[1:])
     chunk = chunk or max(1, min(n, 2**22 // (num_samples * dim)))
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(num_models))
     fn = _ensemble_fn(model, mode, num_samples, float(epsilon), noise, mesh)
+    scales = None  # the projection of every model, computed once for all chunks
+    if noise == "projected":
+        scales = _projection_scales(pruning.apply_masks(params, masks))
     num_chunks = -(-n // chunk)
     padded = jnp.pad(jnp.asarray(idx), ((0, 0), (0, num_chunks * chunk - n)))
-    out = [sharding.call(fn, mesh, (0, 0, 0, 0, 0, None, None), params, model_state, masks,
-                         padded[:, c * chunk:(c + 1) * chunk], keys, jnp.uint32(c * chunk), x_all)
+    out = [sharding.call(fn, mesh, (0, 0, 0, 0, 0, 0, None, None), params, model_state, masks,
+                         padded[:, c * chunk:(c + 1) * chunk], keys, scales,
+                         jnp.uint32(c * chunk), x_all)
            for c in range(num_chunks)]
-    return jnp.concatenate(out, axis=1)[:, :n]
+    sens, logits = (jnp.concatenate(parts, axis=1)[:, :n] for parts in zip(*out))
+    return (sens, logits) if return_logits else sens
+
+
+@jax.jit
+def _projection_scales(live_params):
+    return jax.vmap(lambda p: projection_scale(mlp.first_layer(p)[0]))(live_params)

@@ -79,16 +79,24 @@ def test_shared_noise_gives_the_same_feature_distribution():
     np.testing.assert_array_equal(s[0], s[1])
 
 
-def test_ensemble_sensitivity_is_one_model_at_a_time_and_chunk_invariant():
+@pytest.mark.parametrize("noise", ["fast", "projected"])
+def test_ensemble_sensitivity_is_one_model_at_a_time_and_chunk_invariant(noise):
+    from jaxmia.models import mlp
+
     model = models.make("mlp", 5, (7,))
     params, state = training.init_ensemble(model, jax.random.split(jax.random.key(0), 3))
     masks = jax.tree.map(jnp.ones_like, params)
     x_all = jax.random.normal(jax.random.key(1), (20, 7))
     idx = jnp.array([[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11], [19, 18, 17, 16, 15, 14]])
     key = jax.random.key(4)
-    whole = features.ensemble_sensitivity(model, params, state, masks, x_all, idx, key, chunk=6)
-    chunked = features.ensemble_sensitivity(model, params, state, masks, x_all, idx, key, chunk=4)
+    whole, logits = features.ensemble_sensitivity(model, params, state, masks, x_all, idx, key,
+                                                  chunk=6, noise=noise, return_logits=True)
+    chunked = features.ensemble_sensitivity(model, params, state, masks, x_all, idx, key,
+                                            chunk=4, noise=noise)
     np.testing.assert_allclose(whole, chunked, rtol=1e-6)
+    # The clean logits of the same pass are the model's logits.
+    np.testing.assert_allclose(logits, training.predict_logits(model, params, state, masks,
+                                                               x_all, idx), rtol=1e-5, atol=1e-6)
     for k in range(3):
         pk = jax.tree.map(lambda a: a[k], params)
         sk = jax.tree.map(lambda a: a[k], state)
@@ -96,9 +104,21 @@ def test_ensemble_sensitivity_is_one_model_at_a_time_and_chunk_invariant():
         def logits_fn(v):
             return model.apply(pk, sk, v, train=False)[0]
 
-        alone = features.sensitivity(logits_fn, x_all[idx[k]], jax.random.fold_in(key, k))
+        kk = jax.random.fold_in(key, k)
+        if noise == "fast":
+            alone = features.sensitivity(logits_fn, x_all[idx[k]], kk)
+        else:
+            kernel, bias = mlp.first_layer(pk)
+            alone = features.sensitivity_projected(
+                kernel, bias, lambda z: mlp.from_first_preactivation(pk, z), x_all[idx[k]], kk)
         # Differences of softmaxes divided by eps = 1e-3 amplify float32 rounding.
         np.testing.assert_allclose(whole[k], alone, rtol=1e-3, atol=1e-5)
+
+
+def test_auto_noise_is_projected_for_the_mlp_only():
+    assert features.resolve_noise("auto", "mlp") == "projected"
+    assert features.resolve_noise("auto", "small_cnn") == "fast"
+    assert features.resolve_noise("shared", "mlp") == "shared"
 
 
 def test_mlp_rest_from_first_preactivation_equals_the_model():
