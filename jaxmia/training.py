@@ -2,8 +2,10 @@
 
 Every model of an audit (target and shadows) is one slice of a params pytree with a leading model
 axis. The single-model ``train_step`` is mapped over that axis: in the 'fused' mode one jitted call
-runs a whole epoch (``vmap`` over models of a ``lax.scan`` over batches); in the 'stepwise' mode,
-which XLA:CPU needs for conv models, one jitted call a batch (see ``TrainConfig.ensemble_mode``).
+runs a whole epoch (``vmap`` over models of a ``lax.scan`` over batches); 'looped' is the same
+with ``lax.map`` over models (faster on XLA:CPU for dense models); in the 'stepwise' mode, which
+XLA:CPU needs for conv models, one jitted call a batch (see ``TrainConfig.ensemble_mode``). With
+a device mesh each device runs its own block of models (:mod:`jaxmia.sharding`).
 Each model has its own data subset
 (an index matrix padded to a fixed shape plus a count, so no recompiles), its own random key and
 its own early-stopping state. A single model is the K = 1 case of the same code, which is what
