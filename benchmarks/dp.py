@@ -98,7 +98,7 @@ def worker_jax(workload: str, mode: str, steps: int) -> dict:
     if mode != "nonprivate":
         dp = DPConfig(noise_multiplier=SIGMA, clip_norm=CLIP, clipping=mode.split("_")[0],
                       noise_rng="fast" if mode.endswith("fastnoise") else "threefry")
-    step_fn = training.make_train_step(model, tx, dp=dp, batch_size=batch)
+    step_fn = training.make_train_step(model, tx, dp=dp, batch_size=batch, masked=frozenset())
     state = training.TrainState(step=jnp.int32(0), params=params,
                                 masks=pruning.ones_like(params), model_state=model_state,
                                 opt_state=tx.init(params))

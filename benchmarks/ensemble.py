@@ -66,7 +66,8 @@ def worker_jax(k: int, steps: int, together: bool, devices: int = 1,
     size = k if together else 1
     mesh = sharding.model_mesh() if devices > 1 else None
     mode = training.resolve_ensemble_mode(mode, {"kernel": jnp.zeros((1, 1, 1))})
-    epoch = training.make_epoch_fn(model, tx, BATCH, mode=mode, mesh=mesh)
+    # As fit does: masks of all ones multiply nothing (no masked leaves).
+    epoch = training.make_epoch_fn(model, tx, BATCH, mode=mode, masked=frozenset(), mesh=mesh)
     data = training.make_ensemble_data(x, y, [np.arange(n)] * size, [np.arange(BATCH)] * size)
     if mesh is not None:
         data = training.EnsembleData(*sharding.replicate((data.x, data.y), mesh),

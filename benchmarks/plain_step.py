@@ -7,7 +7,9 @@ library's step costs over the bare arithmetic and which layout XLA runs fastest.
   taskset -c 0 env XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
       .venv/bin/python benchmarks/plain_step.py --models=8
 
-Prints model-steps per CPU-second (best of 3 epochs of ``--steps`` steps after a warm-up).
+Prints model-steps per CPU-second (best of 3 epochs of ``--steps`` steps after a warm-up), then
+the throughput of one dense product's forward and backward at the step's and at a wider shape
+(the arithmetic ceiling the layouts are measured against).
 """
 
 from __future__ import annotations
@@ -84,6 +86,17 @@ def main():
             jax.block_until_ready(run())
             best = min(best, time.process_time() - t)
         print(f"{name:<6}{k * args.steps / best:8.0f} model-steps/s", flush=True)
+    for m, kk, n in ((BATCH, 600, 256), (3840, 64, 192)):
+        a = jnp.asarray(rng.standard_normal((m, kk)).astype(np.float32))
+        b = jnp.asarray(rng.standard_normal((kk, n)).astype(np.float32))
+        grad = jax.jit(jax.grad(lambda a, b: jnp.sum((a @ b) ** 2), argnums=(0, 1)))
+        jax.block_until_ready(grad(a, b))
+        t = time.process_time()
+        for _ in range(50):
+            jax.block_until_ready(grad(a, b))
+        seconds = (time.process_time() - t) / 50
+        print(f"dense {m}x{kk} @ {kk}x{n}, forward + backward: "
+              f"{3 * 2 * m * kk * n / seconds / 1e9:.1f} GFLOP/s", flush=True)
 
 
 if __name__ == "__main__":

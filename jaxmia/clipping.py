@@ -38,7 +38,6 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from jaxmia import pruning
@@ -451,8 +450,4 @@ def _like(ref, tree):
 
 def pruned_layers(masks) -> frozenset:
     """Paths of the layers (parent dicts of leaves) whose masks hold a zero in any model."""
-    out = set()
-    for keypath, leaf in jax.tree_util.tree_flatten_with_path(masks)[0]:
-        if not bool(np.all(np.asarray(leaf) == 1)):
-            out.add(tuple(k.key for k in keypath[:-1]))
-    return frozenset(out)
+    return frozenset(path[:-1] for path in pruning.masked_paths(masks))

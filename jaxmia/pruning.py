@@ -39,8 +39,24 @@ def check_sparsity(sparsity: float) -> None:
                         "removes 70% of the weights")
 
 
-def apply_masks(params: Params, masks: Masks) -> Params:
-    return jax.tree.map(jnp.multiply, params, masks)
+def apply_masks(params: Params, masks: Masks, paths: frozenset | None = None) -> Params:
+    """``params * masks``; with ``paths`` (from :func:`masked_paths`) only those leaves are
+    multiplied: the other masks are all ones, so the result is the same, without the work."""
+    if paths is None:
+        return jax.tree.map(jnp.multiply, params, masks)
+    return jax.tree_util.tree_map_with_path(
+        lambda kp, p, m: p * m if _key_path(kp) in paths else p, params, masks)
+
+
+def masked_paths(masks: Masks) -> frozenset:
+    """Key paths (tuples of dict keys) of the mask leaves that hold a zero in any model: the
+    only params that masking changes. Reads the (concrete) masks on the host."""
+    return frozenset(_key_path(kp) for kp, leaf in jax.tree_util.tree_flatten_with_path(masks)[0]
+                     if not bool(np.all(np.asarray(leaf) == 1)))
+
+
+def _key_path(keypath) -> Path:
+    return tuple(k.key for k in keypath)
 
 
 def ones_like(params: Params) -> Masks:

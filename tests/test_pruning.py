@@ -144,3 +144,38 @@ def test_iterative_magnitude_reaches_target_and_rewinds():
     assert bool(jnp.all(jnp.where(jax.tree.leaves(masks)[1] == 0,
                                   jax.tree.leaves(final)[1] == 0, True)))
     np.testing.assert_allclose(pruning.round_sparsities(0.875, 3), [0.5, 0.75, 0.875])
+
+
+def test_masked_paths_name_only_leaves_with_zeros_and_skip_the_rest_exactly():
+    params = _params()
+    masks = pruning.ones_like(params)
+    masks["Dense_0"]["kernel"] = pruning.l1_unstructured(params, 0.5)["Dense_0"]["kernel"]
+    stacked = jax.tree.map(lambda m: jnp.stack([jnp.ones_like(m), m]), masks)  # zero in model 1
+    assert pruning.masked_paths(stacked) == {("Dense_0", "kernel")}
+    assert pruning.masked_paths(pruning.ones_like(params)) == frozenset()
+    chex.assert_trees_all_equal(pruning.apply_masks(params, masks, pruning.masked_paths(masks)),
+                                pruning.apply_masks(params, masks))
+
+
+def test_train_step_with_masked_leaves_equals_masking_every_leaf():
+    # The step fit builds multiplies only the leaves that have zeros; it must train the same
+    # model as multiplying every leaf (to float rounding: XLA fuses the two programs
+    # differently), and the pruned weights stay exactly zero.
+    model = models.make("mlp", 3, (6,))
+    params, state = model.init(jax.random.key(0))
+    masks = pruning.ones_like(params)
+    masks["Dense_0"]["kernel"] = pruning.l1_unstructured(params, 0.5)["Dense_0"]["kernel"]
+    params = pruning.apply_masks(params, masks)
+    tx = training.make_optimizer(training.TrainConfig())
+    st = training.TrainState(step=jnp.int32(0), params=params, masks=masks, model_state=state,
+                             opt_state=tx.init(params))
+    x, y = jax.random.normal(jax.random.key(1), (16, 6)), jnp.arange(16) % 3
+    out = []
+    for masked in (None, pruning.masked_paths(masks)):
+        step = jax.jit(training.make_train_step(model, tx, masked=masked))
+        s = st
+        for i in range(3):
+            s, _ = step(s, x, y, jnp.ones(16), jax.random.key(2 + i))
+        out.append(s.params)
+    chex.assert_trees_all_close(*out, rtol=1e-5, atol=1e-8)
+    np.testing.assert_array_equal(out[1]["Dense_0"]["kernel"][masks["Dense_0"]["kernel"] == 0], 0)
