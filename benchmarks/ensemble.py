@@ -97,6 +97,41 @@ def worker_jax(k: int, steps: int, together: bool, devices: int = 1,
     return _best_of(run)
 
 
+FIT_EPOCHS = 3
+
+
+def worker_fit(k: int, steps: int, together: bool, epochs: int = FIT_EPOCHS) -> tuple[float, float]:
+    """The whole ``training.fit`` (dev evaluation, early-stopping bookkeeping and metrics after
+    every epoch, as the audit trains its shadows; no checkpoints): one call for the K models, or
+    K calls of one model each. ``epochs`` epochs of ``steps`` steps per model."""
+    import jax
+    import numpy as np
+
+    from jaxmia import pruning, training
+    from jaxmia.models import mlp
+    from jaxmia.models.wrap import from_linen
+
+    n = steps * BATCH
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n + BATCH, SIZES[0])).astype(np.float32)
+    y = rng.integers(0, SIZES[-1], n + BATCH).astype(np.int32)
+    model = from_linen(mlp.MLP(SIZES[-1], hidden=SIZES[1:-1], dropout=0.0), (SIZES[0],), "mlp")
+    cfg = training.TrainConfig(epochs=epochs, weight_decay=0.0, patience=None)
+    size = k if together else 1
+    data = training.make_ensemble_data(x, y, [np.arange(n)] * size,
+                                       [np.arange(n, n + BATCH)] * size)
+    keys = jax.random.split(jax.random.key(0), size)
+    params, state = training.init_ensemble(model, keys)
+    masks = pruning.ones_like(params)
+
+    def run():
+        for _ in range(1 if together else k):
+            res = training.fit(model, params, state, masks, data, cfg, keys)
+            jax.block_until_ready(res.params)
+
+    return _best_of(run)
+
+
 def worker_torch(k: int, steps: int) -> tuple[float, float]:
     import numpy as np
     import torch
@@ -138,10 +173,14 @@ def main():
     if args.worker:
         kind, k = args.worker.split(":")
         k = int(k)
-        wall, cpu = (worker_torch(k, args.steps) if kind == "torch"
-                     else worker_jax(k, args.steps, kind != "sequential",
-                                     cores if kind == "per_core" else 1,
-                                     "fused" if kind == "vmap" else "auto"))
+        if kind == "torch":
+            wall, cpu = worker_torch(k, args.steps)
+        elif kind.startswith("fit_"):
+            wall, cpu = worker_fit(k, args.steps, kind == "fit_together")
+        else:
+            wall, cpu = worker_jax(k, args.steps, kind != "sequential",
+                                   cores if kind == "per_core" else 1,
+                                   "fused" if kind == "vmap" else "auto")
         print(json.dumps({"wall": wall, "cpu": cpu}))
         return
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,10 +188,12 @@ def main():
           "model-steps per second; 'per core': the ensemble split over one CPU device per core "
           f"({cores})")
     print(f"{'threads':<8}{'K':>4}{'ensemble':>10}{'vmap':>8}{'per core':>10}{'jax seq.':>10}"
-          f"{'torch':>8}{'ens/torch':>11}{'ens/seq':>9}")
+          f"{'torch':>8}{'ens/torch':>11}{'ens/seq':>9}{'fit K':>8}{'fit seq.':>10}"
+          f"{'fit K/seq':>11}{'fit K/torch':>13}")
     for threads in args.threads.split(","):
         for k in map(int, args.models.split(",")):
-            kinds = ["together", "vmap", "sequential"] + (["torch"] if args.torch_python else [])
+            kinds = ["together", "vmap", "sequential", "fit_together", "fit_sequential"] + (
+                ["torch"] if args.torch_python else [])
             if threads != "1" and cores > 1 and k % cores == 0:
                 kinds.append("per_core")
             rate = {}
@@ -166,13 +207,17 @@ def main():
                     cmd = ["taskset", "-c", "0"] + cmd
                 out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                rate[kind] = k * args.steps / (r["cpu"] if threads == "1" else r["wall"])
+                steps = k * args.steps * (FIT_EPOCHS if kind.startswith("fit_") else 1)
+                rate[kind] = steps / (r["cpu"] if threads == "1" else r["wall"])
             best = max(rate["together"], rate.get("per_core", 0.0))
             torch_rate = rate.get("torch", float("nan"))
             per_core = f"{rate['per_core']:>10.0f}" if "per_core" in rate else f"{'-':>10}"
             print(f"{threads:<8}{k:>4}{rate['together']:>10.0f}{rate['vmap']:>8.0f}{per_core}"
                   f"{rate['sequential']:>10.0f}{torch_rate:>8.0f}{best / torch_rate:>11.2f}"
-                  f"{best / rate['sequential']:>9.2f}", flush=True)
+                  f"{best / rate['sequential']:>9.2f}{rate['fit_together']:>8.0f}"
+                  f"{rate['fit_sequential']:>10.0f}"
+                  f"{rate['fit_together'] / rate['fit_sequential']:>11.2f}"
+                  f"{rate['fit_together'] / torch_rate:>13.2f}", flush=True)
 
 
 if __name__ == "__main__":

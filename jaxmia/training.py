@@ -542,10 +542,13 @@ class Checkpointer:
 @functools.lru_cache(maxsize=16)
 def _compiled(model: Model, cfg: TrainConfig, regularizer: Regularizer | None,
               steps_per_epoch: int, masked: frozenset, mesh):
-    """The epoch and evaluation functions, built once per (model, config, regularizer, steps,
-    masked leaves); ``cfg.ensemble_mode`` is already resolved."""
-    epoch_fn = make_epoch_fn(model, make_optimizer(cfg, steps_per_epoch), cfg.batch_size,
-                             regularizer, cfg.ensemble_mode, cfg.loss, cfg.dp, masked, mesh)
+    """The optimizer-state init, epoch and evaluation functions, built (and so compiled) once
+    per (model, config, regularizer, steps, masked leaves); ``cfg.ensemble_mode`` is already
+    resolved."""
+    tx = make_optimizer(cfg, steps_per_epoch)
+    init_opt = jax.jit(jax.vmap(tx.init))
+    epoch_fn = make_epoch_fn(model, tx, cfg.batch_size, regularizer, cfg.ensemble_mode, cfg.loss,
+                             cfg.dp, masked, mesh)
     update = jax.jit(_early_stop_update, static_argnums=(4,))
 
     def evaluate(states, es, epoch, data):
@@ -554,7 +557,11 @@ def _compiled(model: Model, cfg: TrainConfig, regularizer: Regularizer | None,
         dev_acc = _dev_accuracy(logits, data)
         return dev_acc, update(es, states, dev_acc, jnp.int32(epoch), cfg.patience)
 
-    return epoch_fn, evaluate
+    return init_opt, epoch_fn, evaluate
+
+
+# Epoch e of model k draws with fold_in(keys[k], e): one compiled call for all models.
+_epoch_keys = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
 
 
 @jax.jit
@@ -600,9 +607,14 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         data = EnsembleData(*sharding.replicate((data.x, data.y), mesh), *sharding.pad(
             (data.train_idx, data.train_n, data.dev_idx, data.dev_n), num_models, padded))
     steps_per_epoch = epoch_steps(data, cfg.batch_size)
-    tx = make_optimizer(cfg, steps_per_epoch)
+    # Epoch count and checkpoint interval do not change the compiled code.
+    mode = resolve_ensemble_mode(cfg.ensemble_mode, params)
+    init_opt, epoch_fn, evaluate = _compiled(
+        model, dataclasses.replace(cfg, epochs=0, checkpoint_every=1, ensemble_mode=mode,
+                                   keep="best"),
+        regularizer, steps_per_epoch, masked, mesh)
     states = TrainState(step=jnp.zeros((data.num_models,), jnp.int32), params=params, masks=masks,
-                        model_state=model_state, opt_state=jax.jit(jax.vmap(tx.init))(params))
+                        model_state=model_state, opt_state=init_opt(params))
     es = EarlyStopState(
         best_acc=jnp.full((data.num_models,), -1.0, jnp.float32),
         best_epoch=jnp.full((data.num_models,), -1, jnp.int32),
@@ -620,20 +632,13 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     if restored is not None:
         states, es, start = restored["states"], restored["es"], int(restored["epoch"])
 
-    # Epoch count and checkpoint interval do not change the compiled code.
-    mode = resolve_ensemble_mode(cfg.ensemble_mode, params)
-    epoch_fn, evaluate = _compiled(
-        model, dataclasses.replace(cfg, epochs=0, checkpoint_every=1, ensemble_mode=mode,
-                                   keep="best"),
-        regularizer, steps_per_epoch, masked, mesh)
-
     bar = tqdm(range(start, cfg.epochs), desc=stage, file=sys.stderr, leave=False,
                initial=start, total=cfg.epochs)
     epochs_run = start
     for epoch in bar:
         if bool(jnp.all(es.done)):
             break
-        epoch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, epoch)
+        epoch_keys = _epoch_keys(keys, jnp.int32(epoch))
         states, m = epoch_fn(states, es, data, epoch_keys)
         dev_acc, es = evaluate(states, es, epoch, data)
         epochs_run = epoch + 1
