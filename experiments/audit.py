@@ -60,6 +60,8 @@ flags.DEFINE_bool("imp_rewind", D.imp_rewind, "--pruning=imp: rewind survivors t
 flags.DEFINE_float("slim_l1", D.slim_l1, "--pruning=slim: L1-on-gamma sparsity-training strength")
 flags.DEFINE_list("attacks", list(D.attacks), "attacks to run: the sets "
                   f"{', '.join(attacks.SETS)} or names: {', '.join(attacks.REGISTRY)}")
+flags.DEFINE_list("attack_stages", list(D.attack_stages), "targets to attack: unpruned, pruned "
+                  "or both (the pruning paper's code attacks only the pruned one)")
 flags.DEFINE_integer("sensitivity_samples", D.sensitivity_samples, "Gaussian perturbations per "
                      "example of the sensitivity feature (0: skip it)")
 flags.DEFINE_float("sensitivity_epsilon", D.sensitivity_epsilon, "perturbation size")
@@ -109,6 +111,7 @@ def main(argv):
     # Every AuditConfig field has a flag of the same name.
     values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(audit_lib.AuditConfig)}
     config = audit_lib.AuditConfig(**{**values, "attacks": tuple(values["attacks"]),
+                                      "attack_stages": tuple(values["attack_stages"]),
                                       "workdir": values["workdir"] or ""})
 
     def body():

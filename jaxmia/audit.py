@@ -60,6 +60,8 @@ class AuditConfig:
     imp_rewind: bool = False
     slim_l1: float = 0.0
     attacks: tuple[str, ...] = ("all",)  # names, or the sets 'all', 'paper', 'threshold'
+    # Which targets are attacked: the pruning paper's code attacks only the pruned one.
+    attack_stages: tuple[str, ...] = ("unpruned", "pruned")
     sensitivity_samples: int = 10  # m of the sensitivity feature; 0 skips it (and SAMIA)
     sensitivity_epsilon: float = 1e-3
     sensitivity_noise: str = "auto"  # features.NOISE; auto: projected for the MLP, else fast
@@ -96,7 +98,8 @@ class AuditConfig:
     def fingerprint(self) -> dict:
         """The settings a checkpoint depends on (paths and attack choice excluded)."""
         d = dataclasses.asdict(self.resolved())
-        for k in ("data_dir", "workdir", "attacks", "checkpoint_every", "sensitivity_samples",
+        for k in ("data_dir", "workdir", "attacks", "attack_stages", "checkpoint_every",
+                  "sensitivity_samples",
                   "sensitivity_epsilon", "sensitivity_noise", "label_only_examples",
                   "blindmi_reference", "attack_epochs"):
             d.pop(k)
@@ -127,6 +130,11 @@ def validate(cfg: AuditConfig) -> AuditConfig:
     if not cfg.lr > 0 or cfg.weight_decay < 0 or cfg.slim_l1 < 0:
         raise UserError("--lr must be > 0 and --weight_decay, --slim_l1 must be >= 0")
     cfg = dataclasses.replace(cfg, attacks=expand_attacks(cfg))
+    if not cfg.attack_stages or set(cfg.attack_stages) - set(ATTACK_STAGES):
+        raise UserError(f"--attack_stages must name one or both of {', '.join(ATTACK_STAGES)}; "
+                        f"got '{','.join(cfg.attack_stages)}'")
+    cfg = dataclasses.replace(cfg, attack_stages=tuple(
+        s for s in ATTACK_STAGES if s in cfg.attack_stages))
     if cfg.sensitivity_samples < 0 or not cfg.sensitivity_epsilon > 0:
         raise UserError("--sensitivity_samples must be >= 0 and --sensitivity_epsilon > 0")
     features.resolve_noise(cfg.sensitivity_noise, cfg.model)  # refuses a bad choice
@@ -145,6 +153,9 @@ def validate(cfg: AuditConfig) -> AuditConfig:
         pruning.check_sparsity(cfg.shadow_sparsity)
     if unknown_knowledge(cfg) and cfg.pruning in ("imp", "none"):
         raise UserError("--shadow_pruning/--shadow_sparsity need a one-shot --pruning method")
+    if unknown_knowledge(cfg) and "pruned" not in cfg.attack_stages:
+        raise UserError("--shadow_pruning/--shadow_sparsity compare attacks on the pruned "
+                        "target; add 'pruned' to --attack_stages")
     if cfg.optimizer not in ("adam", "sgd"):
         raise UserError(f"unknown --optimizer '{cfg.optimizer}'; choose adam or sgd")
     _validate_dp(cfg)
@@ -152,6 +163,7 @@ def validate(cfg: AuditConfig) -> AuditConfig:
 
 
 DEFENSES = ("none", "dp")
+ATTACK_STAGES = ("unpruned", "pruned")
 DP_STAGES = ("all", "finetune")
 
 
@@ -510,6 +522,7 @@ def run(cfg: AuditConfig) -> dict:
 
     t0 = time.perf_counter()
     stages = {"unpruned": (pre, splits, None), "pruned": (pruned, splits, None)}
+    stages = {s: stages[s] for s in cfg.attack_stages}
     if unknown_knowledge(cfg):
         both = splits + splits[1:]
         stages["pruned"] = (pruned, both, range(1, num_models))
@@ -537,11 +550,11 @@ def run(cfg: AuditConfig) -> dict:
         "data_source": ds.source,
         "split_sizes": {"target_train": len(splits[0].train), "target_dev": len(splits[0].dev),
                         "target_test": len(splits[0].test)},
-        "target_train_acc": results["accuracy"]["unpruned"]["target_train_acc"],
-        "target_test_acc": results["accuracy"]["unpruned"]["target_test_acc"],
-        "pruned_target_train_acc": results["accuracy"]["pruned"]["target_train_acc"],
-        "pruned_target_test_acc": results["accuracy"]["pruned"]["target_test_acc"],
+        **{f"{prefix}target_{split}_acc": results["accuracy"][stage][f"target_{split}_acc"]
+           for stage, prefix in (("unpruned", ""), ("pruned", "pruned_"))
+           if stage in results["accuracy"] for split in ("train", "test")},
         "accuracy": results["accuracy"],
+        "attack_stages": list(cfg.attack_stages),
         "achieved_sparsity": {"target_overall": report["overall"],
                               "target_bn_scales": report["overall_bn_scales"],
                               "target_layers": report["layers"]},
@@ -630,26 +643,27 @@ def _figures(cfg, all_scores, stages, target_features, gaps) -> None:
             curves[a] = (all_scores[f"{stage}/{a}"], member)
         reporting.plot_roc(curves, os.path.join(cfg.workdir, f"roc_{stage}.png"),
                            f"{title}, {stage} target")
-    pair = {s: target_features[s] for s in ("unpruned", "pruned")}
+    pair = {s: target_features[s] for s in cfg.attack_stages}
     reporting.plot_histograms(pair, os.path.join(cfg.workdir, "histograms.png"), title)
-    reporting.plot_per_class({s: gaps[s]["per_class"] for s in ("unpruned", "pruned")},
+    reporting.plot_per_class({s: gaps[s]["per_class"] for s in cfg.attack_stages},
                              os.path.join(cfg.workdir, "per_class.png"), title)
 
 
 def format_table(results: dict) -> str:
     """The human-readable summary printed at the end of an audit."""
+    attacked = [s for s in ("unpruned", "pruned") if s in results["attacks"]]
+    acc = "   ".join(f"{s}: train {results['accuracy'][s]['target_train_acc']:.4f} test "
+                     f"{results['accuracy'][s]['target_test_acc']:.4f}" for s in attacked)
     lines = [f"{results['dataset']} / {results['model']} / {results['pruning']} "
              f"@ {results['sparsity']} (achieved {results['achieved_sparsity']['target_overall']:.3f})",
-             f"target accuracy  unpruned: train {results['target_train_acc']:.4f} "
-             f"test {results['target_test_acc']:.4f}   pruned: train "
-             f"{results['pruned_target_train_acc']:.4f} test {results['pruned_target_test_acc']:.4f}",
-             "",
-             f"{'attack':<18}{'bal.acc (unpruned)':>20}{'AUC':>8}{'bal.acc (pruned)':>19}"
-             f"{'AUC':>8}{'TPR@1%FPR pruned':>18}"]
-    for name, un in results["attacks"]["unpruned"].items():
-        pr = results["attacks"]["pruned"][name]
-        lines.append(f"{name:<18}{un['balanced_accuracy']:>20.4f}{un['auc']:>8.4f}"
-                     f"{pr['balanced_accuracy']:>19.4f}{pr['auc']:>8.4f}{pr['tpr@1%fpr']:>18.4f}")
+             f"target accuracy  {acc}", "",
+             f"{'attack':<18}" + "".join(f"{'bal.acc (' + s + ')':>20}{'AUC':>8}" for s in attacked)
+             + (f"{'TPR@1%FPR pruned':>18}" if "pruned" in attacked else "")]
+    for name in results["attacks"][attacked[0]]:
+        row = [results["attacks"][s][name] for s in attacked]
+        lines.append(f"{name:<18}" + "".join(f"{r['balanced_accuracy']:>20.4f}{r['auc']:>8.4f}"
+                                             for r in row)
+                     + (f"{row[-1]['tpr@1%fpr']:>18.4f}" if "pruned" in attacked else ""))
     lines.append("")
     for stage, g in results["gaps"].items():
         lines.append(f"{stage + ' gaps':<26}" + "  ".join(

@@ -90,6 +90,8 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--defense=dp", "--noise_multiplier=1", "--model=resnet20"], "with --norm=group (GroupNorm)"),
     (["--noise_multiplier=1"], "need --defense=dp"),
     (["--defense=magic"], "unknown --defense 'magic'"),
+    (["--attack_stages=final"], "--attack_stages must name one or both of unpruned, pruned"),
+    (["--attack_stages=unpruned", "--shadow_sparsity=0.5"], "add 'pruned' to --attack_stages"),
 ])
 def test_bad_input_one_line_nonzero_nothing_written(tmp_path, args, expect):
     work = tmp_path / "w"
@@ -172,3 +174,19 @@ def test_dp_finetune_only_is_the_pruning_papers_baseline(tmp_path):
     from jaxmia import accounting
     assert d["epsilon"] == pytest.approx(accounting.epsilon(
         0.5, [(d["sampling_rate"], d["steps"]["finetune"])], d["delta"], "pld"))
+
+
+def test_attack_stages_pruned_attacks_only_the_pruned_target(tmp_path):
+    # The pruning paper's protocol: only the released (pruned) model is attacked.
+    work = tmp_path / "run"
+    r = _run(f"--workdir={work}", *FAST, "--attacks=threshold,nn", "--attack_stages=pruned")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((work / "results.json").read_text())
+    assert list(res["attacks"]) == ["pruned"] and res["attack_stages"] == ["pruned"]
+    assert set(res["attacks"]["pruned"]) == set(attacks.THRESHOLD) | {"nn"}
+    assert "target_train_acc" not in res and 0 < res["pruned_target_test_acc"] <= 1
+    assert list(res["attack_timing_s"]) == ["pruned"]
+    assert "bal.acc (pruned)" in r.stdout and "bal.acc (unpruned)" not in r.stdout
+    assert not (work / "roc_unpruned.png").exists()
+    for png in ("roc_pruned", "histograms", "per_class"):
+        assert (work / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
