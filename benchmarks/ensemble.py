@@ -9,7 +9,9 @@ K. 'ensemble' is the default layout ('auto': on CPU the 'looped' mode, models on
 inside one jitted epoch), 'vmap' the 'fused' mode (vmap over models). With all cores, the
 ensemble also runs split over one CPU device per core ('per core': ``jax_num_cpu_devices``, the
 scripts' ``--cpu_devices``), each core training its share of the models. Every measurement runs
-in its own process; each figure is the best of 3 timed epochs after a warm-up epoch.
+in its own process; each figure is the best of 3 timed epochs after a warm-up epoch. 'fit K' /
+'fit seq.' time the whole ``training.fit`` (dev evaluation and early-stopping bookkeeping every
+epoch, as the audit trains its shadows) of the K models at once / of one model K times.
 
 PyTorch lives in a separate environment, never in the package's:
   python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install torch==2.13.0 numpy
@@ -100,7 +102,8 @@ def worker_jax(k: int, steps: int, together: bool, devices: int = 1,
 FIT_EPOCHS = 3
 
 
-def worker_fit(k: int, steps: int, together: bool, epochs: int = FIT_EPOCHS) -> tuple[float, float]:
+def worker_fit(k: int, steps: int, together: bool,
+               epochs: int = FIT_EPOCHS) -> tuple[float, float]:
     """The whole ``training.fit`` (dev evaluation, early-stopping bookkeeping and metrics after
     every epoch, as the audit trains its shadows; no checkpoints): one call for the K models, or
     K calls of one model each. ``epochs`` epochs of ``steps`` steps per model."""
