@@ -223,6 +223,11 @@ def make_ensemble_data(x, y, train_lists, dev_lists) -> EnsembleData:
                         jnp.asarray(train_n), jnp.asarray(dev_idx), jnp.asarray(dev_n))
 
 
+def _zero_metrics(fn, *args):
+    """Zeros shaped like the metrics (second output) of ``fn(*args)``, for a skipped branch."""
+    return jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), jax.eval_shape(fn, *args)[1])
+
+
 def make_train_step(model: Model, tx: optax.GradientTransformation,
                     regularizer: Regularizer | None = None, loss: str = "cross_entropy",
                     dp: DPConfig | None = None, batch_size: int | None = None,
@@ -282,8 +287,7 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
                           model_state=model_state, opt_state=opt_state), metrics
 
     def skip(state: TrainState, x, y, weight, key):
-        metrics = jax.eval_shape(take, state, x, y, weight, key)[1]
-        return state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), metrics)
+        return state, _zero_metrics(take, state, x, y, weight, key)
 
     def step(state: TrainState, x, y, weight, key, live=None):
         if live is None:
@@ -367,8 +371,7 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
             return state, jax.tree.map(jnp.sum, metrics)
 
         def skip(state):  # a stopped model: no step (in 'looped' mode, no computation either)
-            return state, jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype),
-                                       jax.eval_shape(run, state)[1])
+            return state, _zero_metrics(run, state)
 
         return jax.lax.cond(jnp.any(live), run, skip, state)
 
