@@ -43,9 +43,15 @@ def bits(key: jax.Array, shape, offset=0) -> jax.Array:
     size = math.prod(shape)
     if size > 2**32:
         raise ValueError(f"fastrand draws at most 2**32 elements, asked for {size}")
-    seed = jax.random.bits(key, (2,), jnp.uint32)
+    seed = seed_words(key)
     counter = jax.lax.iota(jnp.uint32, size).reshape(shape) + jnp.asarray(offset, jnp.uint32)
     return _hash(_hash(counter ^ seed[0]) + seed[1])
+
+
+def seed_words(key: jax.Array) -> jax.Array:
+    """The two uint32 words ``(s0, s1)`` of a key's stream (``jaxmia/kernels/attention.cc``
+    draws its dropout masks from them with the same hash)."""
+    return jax.random.bits(key, (2,), jnp.uint32)
 
 
 def uniform(key: jax.Array, shape, dtype=jnp.float32, offset=0) -> jax.Array:

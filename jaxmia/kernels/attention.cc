@@ -1,0 +1,409 @@
+// Scaled dot-product attention core for short sequences (an XLA:CPU custom call, XLA FFI).
+//
+// q/k/v keep the layout the projections produce, [N, T, H, 16] (N = every leading dimension;
+// T <= 64 tokens, head size 16), so no transposes to a head-major layout are needed. Per block
+// (n, h):
+//   S = scale * Q K^T,  P = softmax(S) (rows),  W = P * M / keep,  O = W V
+// with M the dropout keep mask, drawn here from the seed words of the caller's key exactly as
+// jaxmia/fastrand.py draws a [N, H, T, T] Bernoulli array (so the pure-JAX reference applies the
+// same mask). The forward pass returns O [N, T, H, 16] and P [N, H, T, T] (kept for the
+// backward pass), which computes
+//   dW = dO V^T,  dV = W^T dO,  dP = dW * M / keep,  dS = P * (dP - rowsum(dP * P)),
+//   dQ = scale * dS K,  dK = scale * dS^T Q.
+// Blocks are spread over XLA's intra-op thread pool; each block is computed by one thread in a
+// fixed order, so the results do not depend on the thread count.
+// Built and loaded by jaxmia/kernels/attention.py; tests/test_attention_kernel.py checks it
+// against the pure-JAX attention.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+struct Shape {
+  int64_t n, t, h, d;
+};
+
+ffi::Error ReadShape(ffi::Buffer<ffi::F32>& q, Shape* s) {
+  auto dims = q.dimensions();
+  if (dims.size() < 3) return ffi::Error::InvalidArgument("attention: q must be [..., T, H, Dh]");
+  int64_t r = dims.size();
+  s->t = dims[r - 3];
+  s->h = dims[r - 2];
+  s->d = dims[r - 1];
+  s->n = 1;
+  for (int64_t i = 0; i < r - 3; ++i) s->n *= dims[i];
+  return ffi::Error::Success();
+}
+
+// Runs f(item) for item in [0, count) on the calling thread and the pool's other threads.
+// Chunks are claimed through an atomic counter, so the caller never waits on a task that has not
+// started: a helper scheduled late finds nothing left and returns (no deadlock when every pool
+// thread is busy).
+template <typename F>
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, F f) {
+  int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  int64_t chunk = std::max<int64_t>(1, count / (threads * 8));
+  int64_t chunks = (count + chunk - 1) / chunk;
+  if (threads == 1 || chunks == 1) {
+    for (int64_t i = 0; i < count; ++i) f(i);
+    return;
+  }
+  struct State {
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+    std::mutex mu;
+    std::condition_variable cv;
+  };
+  auto state = std::make_shared<State>();
+  auto work = [state, f, chunk, chunks, count]() {
+    for (;;) {
+      int64_t c = state->next.fetch_add(1);
+      if (c >= chunks) return;
+      int64_t end = std::min(count, (c + 1) * chunk);
+      for (int64_t i = c * chunk; i < end; ++i) f(i);
+      if (state->done.fetch_add(1) + 1 == chunks) {
+        std::lock_guard<std::mutex> lock(state->mu);
+        state->cv.notify_all();
+      }
+    }
+  };
+  for (int64_t i = 1; i < std::min(threads, chunks); ++i) pool.Schedule(decltype(work)(work));
+  work();
+  std::unique_lock<std::mutex> lock(state->mu);
+  state->cv.wait(lock, [&] { return state->done.load() == chunks; });
+}
+
+// GCC/Clang vector extensions: one head row (Dh = 16 floats) is one vector; a row of T <= 64
+// attention weights is NV <= 4 vectors. With -march=native these are AVX-512 registers (two AVX2
+// registers each on older CPUs).
+typedef float V16 __attribute__((vector_size(64)));
+constexpr int kHead = 16;
+constexpr int kMaxT = 64;
+
+inline V16 Load(const float* p) {
+  V16 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline void Store(float* p, V16 v) { std::memcpy(p, &v, sizeof(v)); }
+inline V16 Splat(float x) { return V16{} + x; }
+inline float Sum(V16 v) {
+  float total = 0.0f;
+  for (int k = 0; k < kHead; ++k) total += v[k];
+  return total;
+}
+inline float Max(V16 v) {
+  float top = v[0];
+  for (int k = 1; k < kHead; ++k) top = v[k] > top ? v[k] : top;
+  return top;
+}
+
+// exp(x) for x <= 0 (softmax after subtracting the row maximum), lane-wise: x = n ln2 + r with
+// |r| <= ln2 / 2, a degree-6 Taylor polynomial for exp(r) (relative error < 3e-7), then 2^n
+// through the exponent bits. Lanes below -87 give 0.
+inline V16 ExpNonPositive(V16 x) {
+  typedef int32_t I16 __attribute__((vector_size(64)));
+  const I16 tiny = x < -87.0f;
+  x = tiny ? Splat(-87.0f) : x;
+  V16 n = x * 1.44269504088896341f;
+  n = __builtin_convertvector(__builtin_convertvector(n + (n < 0.0f ? Splat(-0.5f) : Splat(0.5f)),
+                                                      I16), V16);
+  const V16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  V16 poly = Splat(1.0f / 720.0f);
+  poly = poly * r + 1.0f / 120.0f;
+  poly = poly * r + 1.0f / 24.0f;
+  poly = poly * r + 1.0f / 6.0f;
+  poly = poly * r + 0.5f;
+  poly = poly * r + 1.0f;
+  poly = poly * r + 1.0f;
+  const I16 bits = (__builtin_convertvector(n, I16) + 127) << 23;
+  V16 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return tiny ? V16{} : poly * scale;
+}
+
+// Rows of one (n, h) block of a [N, T, H, 16] array.
+inline const float* Row(const float* base, const Shape& s, int64_t n, int64_t h, int64_t i) {
+  return base + ((n * s.t + i) * s.h + h) * kHead;
+}
+inline float* Row(float* base, const Shape& s, int64_t n, int64_t h, int64_t i) {
+  return base + ((n * s.t + i) * s.h + h) * kHead;
+}
+
+// The dropout draw, as jaxmia/fastrand.py makes it: word e of a seed (s0, s1) is
+// h(h(e ^ s0) + s1), h Wellons' lowbias32 hash; kept iff float(word >> 8) * 2^-24 < keep
+// probability, i.e. float(word >> 8) < threshold = float32(keep) * 2^24.
+struct Dropout {
+  const uint32_t* seeds;  // [S, 2] (nullptr: no dropout)
+  int64_t items_per_seed;  // (n, h) blocks drawn from one seed: each model of a vmap has its own
+  float threshold, inv_keep;
+};
+
+template <typename U>
+inline U Hash(U x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  return x ^ (x >> 16);
+}
+
+// The keep mask of row i of block `item` as NV vectors of 0 / inv_keep (all 1 without dropout;
+// lanes j >= T are never used).
+template <int NV>
+inline void MaskRow(const Dropout& drop, int64_t item, int64_t i, int64_t t, V16* out) {
+  typedef uint32_t U16 __attribute__((vector_size(64)));
+  typedef int32_t I16 __attribute__((vector_size(64)));
+  if (drop.seeds == nullptr) {
+    for (int c = 0; c < NV; ++c) out[c] = Splat(1.0f);
+    return;
+  }
+  const uint32_t* seed = drop.seeds + 2 * (item / drop.items_per_seed);
+  const uint32_t first =
+      static_cast<uint32_t>(((item % drop.items_per_seed) * t + i) * t);
+  const U16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  for (int c = 0; c < NV; ++c) {
+    const U16 word = Hash<U16>(Hash<U16>((first + c * kHead + lane) ^ seed[0]) + seed[1]);
+    const V16 u = __builtin_convertvector(__builtin_convertvector(word >> 8, I16), V16);
+    out[c] = u < drop.threshold ? Splat(drop.inv_keep) : V16{};
+  }
+}
+
+// The T rows of one head block as vectors (rows T..T+3 zero, for the 4-row blocks below).
+inline void Rows(const float* base, const Shape& s, int64_t n, int64_t h, V16* rows) {
+  for (int64_t j = 0; j < s.t; ++j) rows[j] = Load(Row(base, s, n, h, j));
+  for (int64_t j = s.t; j < s.t + 4; ++j) rows[j] = V16{};
+}
+
+// xt[k][c] = lanes of column k of the T x 16 block x (16 rows of NV vectors).
+template <int NV>
+inline void Transpose(const V16* x, int64_t t, V16* xt) {
+  float tmp[kHead][NV * kHead] = {};
+  for (int64_t j = 0; j < t; ++j)
+    for (int k = 0; k < kHead; ++k) tmp[k][j] = x[j][k];
+  for (int k = 0; k < kHead; ++k)
+    for (int c = 0; c < NV; ++c) xt[k * NV + c] = Load(&tmp[k][c * kHead]);
+}
+
+// out[i][:] = a[i] . b^T for i < T (rows of NV vectors), four rows at a time so that the
+// multiply-adds of different rows overlap.
+template <int NV>
+inline void TimesT(const V16* a, int64_t t, const V16* bt, V16* out) {
+  for (int64_t i = 0; i < t; i += 4) {
+    V16 acc[4][NV] = {};
+    for (int k = 0; k < kHead; ++k)
+      for (int r = 0; r < 4; ++r) {
+        const V16 x = Splat(a[i + r][k]);
+        for (int c = 0; c < NV; ++c) acc[r][c] += x * bt[k * NV + c];
+      }
+    for (int r = 0; r < 4 && i + r < t; ++r)
+      for (int c = 0; c < NV; ++c) out[(i + r) * NV + c] = acc[r][c];
+  }
+}
+
+// out[i] = sum_j w[i][j] b[j] (w: T rows of NV vectors); j outer, so rows accumulate
+// independently.
+template <int NV>
+inline void Times(const V16* w, int64_t t, const V16* b, V16* out) {
+  for (int64_t i = 0; i < t; ++i) out[i] = V16{};
+  for (int64_t j = 0; j < t; ++j)
+    for (int64_t i = 0; i < t; ++i) out[i] += w[i * NV + j / kHead][j % kHead] * b[j];
+}
+
+// out[j] += sum_i w[i][j] b[i] (w^T b).
+template <int NV>
+inline void TransposedTimes(const V16* w, int64_t t, const V16* b, V16* out) {
+  for (int64_t i = 0; i < t; ++i)
+    for (int64_t j = 0; j < t; ++j) out[j] += w[i * NV + j / kHead][j % kHead] * b[i];
+}
+
+template <int NV>
+void Forward(const Shape& s, const float* qp, const float* kp, const float* vp,
+             const Dropout& drop, float scale, float* op, float* pp, int64_t item) {
+  const int64_t n = item / s.h, h = item % s.h, t = s.t, tt = t * t;
+  V16 q[kMaxT + 4], k[kMaxT + 4], v[kMaxT + 4], kt[kHead * NV], w[kMaxT * NV], out[kMaxT];
+  Rows(qp, s, n, h, q);
+  Rows(kp, s, n, h, k);
+  Rows(vp, s, n, h, v);
+  Transpose<NV>(k, t, kt);
+  TimesT<NV>(q, t, kt, w);
+  V16 valid[NV];
+  for (int c = 0; c < NV; ++c)
+    for (int l = 0; l < kHead; ++l) valid[c][l] = c * kHead + l < t ? 1.0f : 0.0f;
+  float* probs = pp + item * tt;
+  for (int64_t i = 0; i < t; ++i) {
+    V16* row = w + i * NV;
+    float top = -INFINITY;
+    for (int c = 0; c < NV; ++c) {
+      row[c] = valid[c] > 0.0f ? row[c] * scale : Splat(-INFINITY);
+      top = std::max(top, Max(row[c]));
+    }
+    float total = 0.0f;
+    for (int c = 0; c < NV; ++c) {
+      row[c] = ExpNonPositive(row[c] - top) * valid[c];
+      total += Sum(row[c]);
+    }
+    const float inv = 1.0f / total;
+    float prob[NV * kHead];
+    V16 keep[NV];
+    MaskRow<NV>(drop, item, i, t, keep);
+    for (int c = 0; c < NV; ++c) {
+      row[c] *= inv;
+      Store(prob + c * kHead, row[c]);
+      row[c] *= keep[c];  // the dropped-out weights W
+    }
+    std::memcpy(probs + i * t, prob, t * sizeof(float));
+  }
+  Times<NV>(w, t, v, out);
+  for (int64_t i = 0; i < t; ++i) Store(Row(op, s, n, h, i), out[i]);
+}
+
+template <int NV>
+void Backward(const Shape& s, const float* qp, const float* kp, const float* vp,
+              const Dropout& drop, const float* pp, const float* gp, float scale, float* dqp,
+              float* dkp, float* dvp, int64_t item) {
+  const int64_t n = item / s.h, h = item % s.h, t = s.t, tt = t * t;
+  V16 q[kMaxT + 4], k[kMaxT + 4], v[kMaxT + 4], g[kMaxT + 4], vt[kHead * NV];
+  V16 w[kMaxT * NV], ds[kMaxT * NV], dq[kMaxT], dk[kMaxT], dv[kMaxT];
+  Rows(qp, s, n, h, q);
+  Rows(kp, s, n, h, k);
+  Rows(vp, s, n, h, v);
+  Rows(gp, s, n, h, g);
+  Transpose<NV>(v, t, vt);
+  TimesT<NV>(g, t, vt, ds);  // dW = dO V^T
+  const float* probs = pp + item * tt;
+  for (int64_t i = 0; i < t; ++i) {
+    float prob[NV * kHead] = {};
+    std::memcpy(prob, probs + i * t, t * sizeof(float));
+    V16 keep[NV], p[NV];
+    MaskRow<NV>(drop, item, i, t, keep);
+    float dot = 0.0f;
+    for (int c = 0; c < NV; ++c) {
+      p[c] = Load(prob + c * kHead);
+      w[i * NV + c] = p[c] * keep[c];
+      ds[i * NV + c] *= keep[c];  // dP
+      dot += Sum(ds[i * NV + c] * p[c]);
+    }
+    for (int c = 0; c < NV; ++c) ds[i * NV + c] = scale * p[c] * (ds[i * NV + c] - dot);
+  }
+  for (int64_t j = 0; j < t; ++j) dk[j] = dv[j] = V16{};
+  TransposedTimes<NV>(w, t, g, dv);   // dV = W^T dO
+  Times<NV>(ds, t, k, dq);            // dQ = scale dS K
+  TransposedTimes<NV>(ds, t, q, dk);  // dK = scale dS^T Q
+  for (int64_t i = 0; i < t; ++i) {
+    Store(Row(dqp, s, n, h, i), dq[i]);
+    Store(Row(dkp, s, n, h, i), dk[i]);
+    Store(Row(dvp, s, n, h, i), dv[i]);
+  }
+}
+
+// Calls body(NV) with NV = ceil(T / 16) as a compile-time constant.
+template <typename Body>
+ffi::Error ForLength(const Shape& s, Body body) {
+  if (s.d != kHead) return ffi::Error::InvalidArgument("attention: head size must be 16");
+  switch ((s.t + kHead - 1) / kHead) {
+    case 1: body(std::integral_constant<int, 1>()); break;
+    case 2: body(std::integral_constant<int, 2>()); break;
+    case 3: body(std::integral_constant<int, 3>()); break;
+    case 4: body(std::integral_constant<int, 4>()); break;
+    default: return ffi::Error::InvalidArgument("attention: sequence length must be 1..64");
+  }
+  return ffi::Error::Success();
+}
+
+// Reads the dropout settings: `seeds` [..., 2] uint32, one pair per model of a vmap.
+ffi::Error ReadDropout(const Shape& s, ffi::Buffer<ffi::U32>& seeds, float keep, float inv_keep,
+                       int32_t use_dropout, Dropout* drop) {
+  *drop = Dropout{nullptr, 1, 0.0f, inv_keep};
+  if (!use_dropout) return ffi::Error::Success();
+  const int64_t pairs = seeds.element_count() / 2;
+  if (pairs < 1 || (s.n * s.h) % pairs != 0)
+    return ffi::Error::InvalidArgument("attention: one seed pair per model is needed");
+  *drop = Dropout{seeds.typed_data(), s.n * s.h / pairs, keep * 16777216.0f, inv_keep};
+  return ffi::Error::Success();
+}
+
+ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                       ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::U32> seeds,
+                       ffi::ResultBuffer<ffi::F32> out, ffi::ResultBuffer<ffi::F32> probs,
+                       float scale, float keep, float inv_keep, int32_t use_dropout) {
+  Shape s;
+  Dropout drop;
+  if (auto err = ReadShape(q, &s); err.failure()) return err;
+  if (auto err = ReadDropout(s, seeds, keep, inv_keep, use_dropout, &drop); err.failure())
+    return err;
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  float *op = out->typed_data(), *pp = probs->typed_data();
+  return ForLength(s, [&](auto nv) {
+    ParallelFor(pool, s.n * s.h, [=](int64_t item) {
+      Forward<decltype(nv)::value>(s, qp, kp, vp, drop, scale, op, pp, item);
+    });
+  });
+}
+
+ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,
+                        ffi::Buffer<ffi::F32> v, ffi::Buffer<ffi::U32> seeds,
+                        ffi::Buffer<ffi::F32> probs, ffi::Buffer<ffi::F32> dout,
+                        ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+                        ffi::ResultBuffer<ffi::F32> dv, float scale, float keep, float inv_keep,
+                        int32_t use_dropout) {
+  Shape s;
+  Dropout drop;
+  if (auto err = ReadShape(q, &s); err.failure()) return err;
+  if (auto err = ReadDropout(s, seeds, keep, inv_keep, use_dropout, &drop); err.failure())
+    return err;
+  const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
+  const float *pp = probs.typed_data(), *gp = dout.typed_data();
+  float *dqp = dq->typed_data(), *dkp = dk->typed_data(), *dvp = dv->typed_data();
+  return ForLength(s, [&](auto nv) {
+    ParallelFor(pool, s.n * s.h, [=](int64_t item) {
+      Backward<decltype(nv)::value>(s, qp, kp, vp, drop, pp, gp, scale, dqp, dkp, dvp, item);
+    });
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxmiaAttentionForward, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
+                                  .Attr<float>("keep")
+                                  .Attr<float>("inv_keep")
+                                  .Attr<int32_t>("use_dropout"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxmiaAttentionBackward, BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("scale")
+                                  .Attr<float>("keep")
+                                  .Attr<float>("inv_keep")
+                                  .Attr<int32_t>("use_dropout"));
