@@ -30,7 +30,7 @@ def _inputs(shape, seed=0):
     return [jax.random.normal(k, shape) for k in keys]
 
 
-@pytest.mark.parametrize("tokens", [1, 5, 16, 30, 33, 64])
+@pytest.mark.parametrize("tokens", [1, 5, 16, 30, 33, 64, 100, 128])
 @pytest.mark.parametrize("dropout", [False, True])
 def test_values_and_gradients_match_the_reference(tokens, dropout):
     q, k, v, cotangent = _inputs((6, tokens, 4, 16), seed=tokens)
@@ -76,6 +76,7 @@ def test_vmapped_models_draw_their_own_masks():
 
 
 def test_unsupported_shapes_use_the_reference():
+    assert not attention.supported(jnp.zeros((2, 129, 4, 16)))  # more tokens than the kernel's
     q, k, v, _ = _inputs((2, 6, 4, 8))  # head size 8: not the kernel's
     assert not attention.supported(q)
     np.testing.assert_array_equal(attention.attention(q, k, v), attention.reference(q, k, v))

@@ -1,7 +1,7 @@
 // Scaled dot-product attention core for short sequences (an XLA:CPU custom call, XLA FFI).
 //
 // q/k/v keep the layout the projections produce, [N, T, H, 16] (N = every leading dimension;
-// T <= 64 tokens, head size 16), so no transposes to a head-major layout are needed. Per block
+// T <= 128 tokens, head size 16), so no transposes to a head-major layout are needed. Per block
 // (n, h):
 //   S = scale * Q K^T,  P = softmax(S) (rows),  W = P * M / keep,  O = W V
 // with M the dropout keep mask, drawn here from the seed words of the caller's key exactly as
@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -86,12 +87,11 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, F f) {
   state->cv.wait(lock, [&] { return state->done.load() == chunks; });
 }
 
-// GCC/Clang vector extensions: one head row (Dh = 16 floats) is one vector; a row of T <= 64
-// attention weights is NV <= 4 vectors. With -march=native these are AVX-512 registers (two AVX2
-// registers each on older CPUs).
+// GCC/Clang vector extensions: one head row (Dh = 16 floats) is one vector; a row of T <= 128
+// attention weights is NV <= 8 vectors. With -march=native these are AVX-512 registers (two AVX2
+// registers each on older CPUs). Block buffers live on the stack, sized by NV (T <= 16 NV).
 typedef float V16 __attribute__((vector_size(64)));
 constexpr int kHead = 16;
-constexpr int kMaxT = 64;
 
 inline V16 Load(const float* p) {
   V16 v;
@@ -234,7 +234,8 @@ template <int NV>
 void Forward(const Shape& s, const float* qp, const float* kp, const float* vp,
              const Dropout& drop, float scale, float* op, float* pp, int64_t item) {
   const int64_t n = item / s.h, h = item % s.h, t = s.t, tt = t * t;
-  V16 q[kMaxT + 4], k[kMaxT + 4], v[kMaxT + 4], kt[kHead * NV], w[kMaxT * NV], out[kMaxT];
+  constexpr int kRows = NV * kHead;
+  V16 q[kRows + 4], k[kRows + 4], v[kRows + 4], kt[kHead * NV], w[kRows * NV], out[kRows];
   Rows(qp, s, n, h, q);
   Rows(kp, s, n, h, k);
   Rows(vp, s, n, h, v);
@@ -276,8 +277,9 @@ void Backward(const Shape& s, const float* qp, const float* kp, const float* vp,
               const Dropout& drop, const float* pp, const float* gp, float scale, float* dqp,
               float* dkp, float* dvp, int64_t item) {
   const int64_t n = item / s.h, h = item % s.h, t = s.t, tt = t * t;
-  V16 q[kMaxT + 4], k[kMaxT + 4], v[kMaxT + 4], g[kMaxT + 4], vt[kHead * NV];
-  V16 w[kMaxT * NV], ds[kMaxT * NV], dq[kMaxT], dk[kMaxT], dv[kMaxT];
+  constexpr int kRows = NV * kHead;
+  V16 q[kRows + 4], k[kRows + 4], v[kRows + 4], g[kRows + 4], vt[kHead * NV];
+  V16 w[kRows * NV], ds[kRows * NV], dq[kRows], dk[kRows], dv[kRows];
   Rows(qp, s, n, h, q);
   Rows(kp, s, n, h, k);
   Rows(vp, s, n, h, v);
@@ -319,14 +321,21 @@ ffi::Error ForLength(const Shape& s, Body body) {
     case 2: body(std::integral_constant<int, 2>()); break;
     case 3: body(std::integral_constant<int, 3>()); break;
     case 4: body(std::integral_constant<int, 4>()); break;
-    default: return ffi::Error::InvalidArgument("attention: sequence length must be 1..64");
+    case 5: body(std::integral_constant<int, 5>()); break;
+    case 6: body(std::integral_constant<int, 6>()); break;
+    case 7: body(std::integral_constant<int, 7>()); break;
+    case 8: body(std::integral_constant<int, 8>()); break;
+    default: return ffi::Error::InvalidArgument("attention: sequence length must be 1..128");
   }
   return ffi::Error::Success();
 }
 
-// Reads the dropout settings: `seeds` [..., 2] uint32, one pair per model of a vmap.
-ffi::Error ReadDropout(const Shape& s, ffi::Buffer<ffi::U32>& seeds, float keep, float inv_keep,
-                       int32_t use_dropout, Dropout* drop) {
+// Reads the block shape from q and the dropout settings: `seeds` [..., 2] uint32, one pair per
+// model of a vmap.
+ffi::Error Prepare(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::U32>& seeds, float keep,
+                   float inv_keep, int32_t use_dropout, Shape* shape, Dropout* drop) {
+  if (auto err = ReadShape(q, shape); err.failure()) return err;
+  const Shape& s = *shape;
   *drop = Dropout{nullptr, 1, 0.0f, inv_keep};
   if (!use_dropout) return ffi::Error::Success();
   const int64_t pairs = seeds.element_count() / 2;
@@ -342,8 +351,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffe
                        float scale, float keep, float inv_keep, int32_t use_dropout) {
   Shape s;
   Dropout drop;
-  if (auto err = ReadShape(q, &s); err.failure()) return err;
-  if (auto err = ReadDropout(s, seeds, keep, inv_keep, use_dropout, &drop); err.failure())
+  if (auto err = Prepare(q, seeds, keep, inv_keep, use_dropout, &s, &drop); err.failure())
     return err;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   float *op = out->typed_data(), *pp = probs->typed_data();
@@ -362,8 +370,7 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
                         int32_t use_dropout) {
   Shape s;
   Dropout drop;
-  if (auto err = ReadShape(q, &s); err.failure()) return err;
-  if (auto err = ReadDropout(s, seeds, keep, inv_keep, use_dropout, &drop); err.failure())
+  if (auto err = Prepare(q, seeds, keep, inv_keep, use_dropout, &s, &drop); err.failure())
     return err;
   const float *qp = q.typed_data(), *kp = k.typed_data(), *vp = v.typed_data();
   const float *pp = probs.typed_data(), *gp = dout.typed_data();
@@ -377,33 +384,39 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buff
 
 }  // namespace
 
+namespace {
+
+// The arguments both directions start with: q, k, v and the dropout seeds.
+auto Inputs() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::U32>>();
+}
+
+// The attributes both directions end with.
+template <typename Binding>
+auto Attributes(Binding binding) {
+  return std::move(binding)
+      .template Attr<float>("scale")
+      .template Attr<float>("keep")
+      .template Attr<float>("inv_keep")
+      .template Attr<int32_t>("use_dropout");
+}
+
+}  // namespace
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxmiaAttentionForward, ForwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("scale")
-                                  .Attr<float>("keep")
-                                  .Attr<float>("inv_keep")
-                                  .Attr<int32_t>("use_dropout"));
+                              Attributes(Inputs()
+                                             .Ret<ffi::Buffer<ffi::F32>>()    // out
+                                             .Ret<ffi::Buffer<ffi::F32>>()));  // probs
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxmiaAttentionBackward, BackwardImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::U32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<float>("scale")
-                                  .Attr<float>("keep")
-                                  .Attr<float>("inv_keep")
-                                  .Attr<int32_t>("use_dropout"));
+                              Attributes(Inputs()
+                                             .Arg<ffi::Buffer<ffi::F32>>()    // probs
+                                             .Arg<ffi::Buffer<ffi::F32>>()    // d out
+                                             .Ret<ffi::Buffer<ffi::F32>>()    // dq
+                                             .Ret<ffi::Buffer<ffi::F32>>()    // dk
+                                             .Ret<ffi::Buffer<ffi::F32>>()));  // dv
