@@ -6,8 +6,8 @@
 //   S = scale * Q K^T,  P = softmax(S) (rows),  W = P * M / keep,  O = W V
 // with M the dropout keep mask, drawn here from the seed words of the caller's key exactly as
 // jaxmia/fastrand.py draws a [N, H, T, T] Bernoulli array (so the pure-JAX reference applies the
-// same mask). The forward pass returns O [N, T, H, 16] and P [N, H, T, T] (kept for the
-// backward pass), which computes
+// same mask). The forward pass returns O [N, T, H, 16] and P [N, H, T, Tp] (rows padded with
+// zeros to Tp = 16 ceil(T / 16); kept for the backward pass), which computes
 //   dW = dO V^T,  dV = W^T dO,  dP = dW * M / keep,  dS = P * (dP - rowsum(dP * P)),
 //   dQ = scale * dS K,  dK = scale * dS^T Q.
 // Blocks are spread over XLA's intra-op thread pool; each block is computed by one thread in a
@@ -214,28 +214,45 @@ inline void TimesT(const V16* a, int64_t t, const V16* bt, V16* out) {
   }
 }
 
-// out[i] = sum_j w[i][j] b[j] (w: T rows of NV vectors); j outer, so rows accumulate
-// independently.
+// Rows are taken eight at a time below, so that eight independent multiply-add chains overlap;
+// w holds at least Padded8(T) rows, those past T zero.
+inline int64_t Padded8(int64_t t) { return (t + 7) / 8 * 8; }
+
+// out[i] = sum_j w[i][j] b[j] for i < T (w: rows of NV vectors).
 template <int NV>
 inline void Times(const V16* w, int64_t t, const V16* b, V16* out) {
-  for (int64_t i = 0; i < t; ++i) out[i] = V16{};
-  for (int64_t j = 0; j < t; ++j)
-    for (int64_t i = 0; i < t; ++i) out[i] += w[i * NV + j / kHead][j % kHead] * b[j];
+  for (int64_t i = 0; i < t; i += 8) {
+    V16 acc[8] = {};
+    for (int64_t j = 0; j < t; ++j) {
+      const V16 bj = b[j];
+      for (int r = 0; r < 8; ++r) acc[r] += w[(i + r) * NV + j / kHead][j % kHead] * bj;
+    }
+    for (int r = 0; r < 8 && i + r < t; ++r) out[i + r] = acc[r];
+  }
 }
 
-// out[j] += sum_i w[i][j] b[i] (w^T b).
+// out[j] = sum_i w[i][j] b[i] for j < T (w^T b); lanes j >= T of w are zero.
 template <int NV>
 inline void TransposedTimes(const V16* w, int64_t t, const V16* b, V16* out) {
-  for (int64_t i = 0; i < t; ++i)
-    for (int64_t j = 0; j < t; ++j) out[j] += w[i * NV + j / kHead][j % kHead] * b[i];
+  for (int64_t j = 0; j < t; j += 8) {
+    V16 acc[8] = {};
+    for (int64_t i = 0; i < t; ++i) {
+      const V16 bi = b[i];
+      const float* row = reinterpret_cast<const float*>(w + i * NV) + j;
+      for (int r = 0; r < 8; ++r) acc[r] += row[r] * bi;
+    }
+    for (int r = 0; r < 8 && j + r < t; ++r) out[j + r] = acc[r];
+  }
 }
 
 template <int NV>
 void Forward(const Shape& s, const float* qp, const float* kp, const float* vp,
              const Dropout& drop, float scale, float* op, float* pp, int64_t item) {
-  const int64_t n = item / s.h, h = item % s.h, t = s.t, tt = t * t;
+  const int64_t n = item / s.h, h = item % s.h, t = s.t;
   constexpr int kRows = NV * kHead;
-  V16 q[kRows + 4], k[kRows + 4], v[kRows + 4], kt[kHead * NV], w[kRows * NV], out[kRows];
+  V16 q[kRows + 4], k[kRows + 4], v[kRows + 4], kt[kHead * NV], w[(kRows + 8) * NV];
+  V16 out[kRows];
+  for (int64_t i = t * NV; i < Padded8(t) * NV; ++i) w[i] = V16{};
   Rows(qp, s, n, h, q);
   Rows(kp, s, n, h, k);
   Rows(vp, s, n, h, v);
@@ -244,7 +261,7 @@ void Forward(const Shape& s, const float* qp, const float* kp, const float* vp,
   V16 valid[NV];
   for (int c = 0; c < NV; ++c)
     for (int l = 0; l < kHead; ++l) valid[c][l] = c * kHead + l < t ? 1.0f : 0.0f;
-  float* probs = pp + item * tt;
+  float* probs = pp + item * t * kRows;  // rows padded to whole vectors (zero lanes past T)
   for (int64_t i = 0; i < t; ++i) {
     V16* row = w + i * NV;
     float top = -INFINITY;
@@ -258,15 +275,13 @@ void Forward(const Shape& s, const float* qp, const float* kp, const float* vp,
       total += Sum(row[c]);
     }
     const float inv = 1.0f / total;
-    float prob[NV * kHead];
     V16 keep[NV];
     MaskRow<NV>(drop, item, i, t, keep);
     for (int c = 0; c < NV; ++c) {
       row[c] *= inv;
-      Store(prob + c * kHead, row[c]);
+      Store(probs + i * kRows + c * kHead, row[c]);
       row[c] *= keep[c];  // the dropped-out weights W
     }
-    std::memcpy(probs + i * t, prob, t * sizeof(float));
   }
   Times<NV>(w, t, v, out);
   for (int64_t i = 0; i < t; ++i) Store(Row(op, s, n, h, i), out[i]);
@@ -276,32 +291,30 @@ template <int NV>
 void Backward(const Shape& s, const float* qp, const float* kp, const float* vp,
               const Dropout& drop, const float* pp, const float* gp, float scale, float* dqp,
               float* dkp, float* dvp, int64_t item) {
-  const int64_t n = item / s.h, h = item % s.h, t = s.t, tt = t * t;
+  const int64_t n = item / s.h, h = item % s.h, t = s.t;
   constexpr int kRows = NV * kHead;
   V16 q[kRows + 4], k[kRows + 4], v[kRows + 4], g[kRows + 4], vt[kHead * NV];
-  V16 w[kRows * NV], ds[kRows * NV], dq[kRows], dk[kRows], dv[kRows];
+  V16 w[(kRows + 8) * NV], ds[(kRows + 8) * NV], dq[kRows], dk[kRows], dv[kRows];
+  for (int64_t i = t * NV; i < Padded8(t) * NV; ++i) w[i] = ds[i] = V16{};
   Rows(qp, s, n, h, q);
   Rows(kp, s, n, h, k);
   Rows(vp, s, n, h, v);
   Rows(gp, s, n, h, g);
   Transpose<NV>(v, t, vt);
   TimesT<NV>(g, t, vt, ds);  // dW = dO V^T
-  const float* probs = pp + item * tt;
+  const float* probs = pp + item * t * kRows;
   for (int64_t i = 0; i < t; ++i) {
-    float prob[NV * kHead] = {};
-    std::memcpy(prob, probs + i * t, t * sizeof(float));
     V16 keep[NV], p[NV];
     MaskRow<NV>(drop, item, i, t, keep);
     float dot = 0.0f;
     for (int c = 0; c < NV; ++c) {
-      p[c] = Load(prob + c * kHead);
+      p[c] = Load(probs + i * kRows + c * kHead);
       w[i * NV + c] = p[c] * keep[c];
       ds[i * NV + c] *= keep[c];  // dP
       dot += Sum(ds[i * NV + c] * p[c]);
     }
     for (int c = 0; c < NV; ++c) ds[i * NV + c] = scale * p[c] * (ds[i * NV + c] - dot);
   }
-  for (int64_t j = 0; j < t; ++j) dk[j] = dv[j] = V16{};
   TransposedTimes<NV>(w, t, g, dv);   // dV = W^T dO
   Times<NV>(ds, t, k, dq);            // dQ = scale dS K
   TransposedTimes<NV>(ds, t, q, dk);  // dK = scale dS^T Q

@@ -137,7 +137,8 @@ def _result(shape, like):
 
 def _forward_call(q, k, v, seeds, rate, use_dropout):
     *lead, t, h, _ = q.shape
-    out_types = (_result(q.shape, q), _result((*lead, h, t, t), q))
+    padded = -(-t // 16) * 16  # the kernel keeps P's rows as whole 16-float vectors
+    out_types = (_result(q.shape, q), _result((*lead, h, t, padded), q))
     return jax.ffi.ffi_call(_FORWARD, out_types, vmap_method="broadcast_all")(
         q, k, v, seeds, **_attrs(q, rate, use_dropout))
 
