@@ -99,9 +99,8 @@ class AuditConfig:
         """The settings a checkpoint depends on (paths and attack choice excluded)."""
         d = dataclasses.asdict(self.resolved())
         for k in ("data_dir", "workdir", "attacks", "attack_stages", "checkpoint_every",
-                  "sensitivity_samples",
-                  "sensitivity_epsilon", "sensitivity_noise", "label_only_examples",
-                  "blindmi_reference", "attack_epochs"):
+                  "sensitivity_samples", "sensitivity_epsilon", "sensitivity_noise",
+                  "label_only_examples", "blindmi_reference", "attack_epochs"):
             d.pop(k)
         return d
 
@@ -651,7 +650,7 @@ def _figures(cfg, all_scores, stages, target_features, gaps) -> None:
 
 def format_table(results: dict) -> str:
     """The human-readable summary printed at the end of an audit."""
-    attacked = [s for s in ("unpruned", "pruned") if s in results["attacks"]]
+    attacked = [s for s in ATTACK_STAGES if s in results["attacks"]]
     acc = "   ".join(f"{s}: train {results['accuracy'][s]['target_train_acc']:.4f} test "
                      f"{results['accuracy'][s]['target_test_acc']:.4f}" for s in attacked)
     lines = [f"{results['dataset']} / {results['model']} / {results['pruning']} "
