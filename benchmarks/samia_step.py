@@ -1,13 +1,15 @@
-r"""SAMIA's training step (issue #3 §4, end to end) with the hand-written CPU attention kernel
-(``jaxmia/kernels/attention.cc``) against the same model with the pure-JAX attention.
+r"""SAMIA's training step (issue #3 §4, end to end) with the hand-written CPU kernels
+(``jaxmia/kernels/attention.cc``, ``layernorm.cc``) against the same model in pure JAX.
 
   .venv/bin/python benchmarks/samia_step.py --classes=30 --rounds=8
 
 Builds both jitted steps in one process (the model of ``jaxmia/attacks/samia.py``, batch 128, SGD
-with momentum as the attack trains; the pure version traced with the kernel switched off), then
+with momentum as the attack trains; the pure version traced with the kernels switched off), then
 times them round-robin (median and minimum over ``--rounds`` rounds of ``--steps`` steps, so
-both see the same machine load), and the attention core alone (forward + backward of one layer,
-B = 128, 4 heads of 16, dropout 0.2). Prints milliseconds and the pure / kernel ratios.
+both see the same machine load), and each kernel's work alone, forward + backward of one layer:
+the attention core (B = 128, 4 heads of 16, dropout 0.2) and the residual LayerNorm
+(``LayerNorm(h + dropout(branch))``, 128 x 30 rows of 64). Prints milliseconds and the pure /
+kernel ratios.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import optax
 
 from jaxmia.attacks import samia
-from jaxmia.kernels import attention
+from jaxmia.kernels import attention, layernorm, library
 
 BATCH = 128
 
@@ -63,6 +65,16 @@ def attention_core(fn):
     return lambda: grad(q, k, v)
 
 
+def addnorm_core(fn):
+    h, branch, g = (jax.random.normal(key, (BATCH, 30, 64))
+                    for key in jax.random.split(jax.random.key(4), 3))
+    scale, bias = jnp.ones(64), jnp.zeros(64)
+    grad = jax.jit(jax.grad(
+        lambda h, b, s, c: jnp.sum(fn(h, b, s, c, jax.random.key(5), 0.2) * g), (0, 1, 2, 3)))
+    jax.block_until_ready(grad(h, branch, scale, bias))
+    return lambda: grad(h, branch, scale, bias)
+
+
 def round_robin(calls: dict, rounds: int, steps: int) -> dict:
     times = {name: [] for name in calls}
     for _ in range(rounds):
@@ -81,19 +93,21 @@ def main():
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=10)
     args = parser.parse_args()
-    if not attention.available():
-        raise SystemExit("the attention kernel is not built here (needs a C++ compiler)")
+    if not library.available():
+        raise SystemExit("the CPU kernels are not built here (they need a C++ compiler)")
     calls = {"step kernel": samia_step(args.classes)}
-    with mock.patch.object(attention, "available", lambda: False):
+    with mock.patch.object(library, "available", lambda: False):
         calls["step pure"] = samia_step(args.classes)
     calls["core kernel"] = attention_core(attention.attention)
     calls["core pure"] = attention_core(attention.reference)
+    calls["addnorm kernel"] = addnorm_core(layernorm.add_layernorm)
+    calls["addnorm pure"] = addnorm_core(layernorm.reference)
     times = round_robin(calls, args.rounds, args.steps)
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, C = {args.classes}, "
           f"batch {BATCH}; ms per call, {args.rounds} rounds of {args.steps}")
     for name, ts in times.items():
-        print(f"  {name:12s} median {statistics.median(ts):7.2f}  min {min(ts):7.2f}")
-    for what in ("step", "core"):
+        print(f"  {name:14s} median {statistics.median(ts):7.2f}  min {min(ts):7.2f}")
+    for what in ("step", "core", "addnorm"):
         ratio = statistics.median(times[f"{what} pure"]) / statistics.median(times[f"{what} kernel"])
         print(f"  {what}: pure / kernel = {ratio:.2f}x")
 

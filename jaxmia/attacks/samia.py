@@ -22,7 +22,7 @@ from flax import linen as nn
 
 from jaxmia.attacks import classifier
 from jaxmia.attacks.base import Attack, Features
-from jaxmia.kernels import attention
+from jaxmia.kernels import attention, layernorm
 from jaxmia.models import layers
 
 D_MODEL, HEADS, FEED_FORWARD, LAYERS, DROPOUT = 64, 4, 128, 3, 0.2
@@ -51,16 +51,28 @@ class SelfAttention(nn.Module):
         return nn.Dense(D_MODEL, kernel_init=_dense, name="out")(out.reshape(b, t, D_MODEL))
 
 
+class AddNorm(nn.Module):
+    """``LayerNorm(h + Dropout(branch))`` (PyTorch's ``nn.LayerNorm``, eps 1e-5, and inverted
+    dropout), through :func:`jaxmia.kernels.layernorm.add_layernorm` (a hand-written CPU kernel;
+    pure JAX elsewhere)."""
+
+    @nn.compact
+    def __call__(self, h, branch, train: bool):
+        d = h.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (d,))
+        bias = self.param("bias", nn.initializers.zeros, (d,))
+        key = self.make_rng("dropout") if train else None
+        return layernorm.add_layernorm(h, branch, scale, bias, key, DROPOUT, eps=1e-5)
+
+
 class EncoderLayer(nn.Module):
     """PyTorch ``TransformerEncoderLayer(norm_first=False, activation='gelu')``."""
 
     @nn.compact
     def __call__(self, h, train: bool):
-        attn = SelfAttention()(h, train)
-        h = nn.LayerNorm(epsilon=1e-5)(h + layers.Dropout(DROPOUT)(attn, train))
+        h = AddNorm(name="LayerNorm_0")(h, SelfAttention()(h, train), train)
         ff = layers.Dropout(DROPOUT)(_gelu(nn.Dense(FEED_FORWARD, kernel_init=_dense)(h)), train)
-        ff = nn.Dense(D_MODEL, kernel_init=_dense)(ff)
-        return nn.LayerNorm(epsilon=1e-5)(h + layers.Dropout(DROPOUT)(ff, train))
+        return AddNorm(name="LayerNorm_1")(h, nn.Dense(D_MODEL, kernel_init=_dense)(ff), train)
 
 
 def to_tokens(x: jax.Array, num_classes: int) -> jax.Array:

@@ -15,23 +15,26 @@
 // Built and loaded by jaxmia/kernels/attention.py; tests/test_attention_kernel.py checks it
 // against the pure-JAX attention.
 
-#include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
-#include <cstring>
 #include <type_traits>
 #include <utility>
-#include <memory>
-#include <mutex>
-#include <vector>
 
-#include "xla/ffi/api/ffi.h"
+#include "common.h"
 
 namespace ffi = xla::ffi;
 
 namespace {
+
+using jaxmia::Dropout;
+using jaxmia::Load;
+using jaxmia::Max;
+using jaxmia::ParallelFor;
+using jaxmia::Splat;
+using jaxmia::Store;
+using jaxmia::Sum;
+using jaxmia::V16;
+constexpr int kHead = jaxmia::kLanes;  // one head row (Dh = 16 floats) is one vector
 
 struct Shape {
   int64_t n, t, h, d;
@@ -49,67 +52,8 @@ ffi::Error ReadShape(ffi::Buffer<ffi::F32>& q, Shape* s) {
   return ffi::Error::Success();
 }
 
-// Runs f(item) for item in [0, count) on the calling thread and the pool's other threads.
-// Chunks are claimed through an atomic counter, so the caller never waits on a task that has not
-// started: a helper scheduled late finds nothing left and returns (no deadlock when every pool
-// thread is busy).
-template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int64_t count, F f) {
-  int64_t threads = std::max<int64_t>(1, pool.num_threads());
-  int64_t chunk = std::max<int64_t>(1, count / (threads * 8));
-  int64_t chunks = (count + chunk - 1) / chunk;
-  if (threads == 1 || chunks == 1) {
-    for (int64_t i = 0; i < count; ++i) f(i);
-    return;
-  }
-  struct State {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto state = std::make_shared<State>();
-  auto work = [state, f, chunk, chunks, count]() {
-    for (;;) {
-      int64_t c = state->next.fetch_add(1);
-      if (c >= chunks) return;
-      int64_t end = std::min(count, (c + 1) * chunk);
-      for (int64_t i = c * chunk; i < end; ++i) f(i);
-      if (state->done.fetch_add(1) + 1 == chunks) {
-        std::lock_guard<std::mutex> lock(state->mu);
-        state->cv.notify_all();
-      }
-    }
-  };
-  for (int64_t i = 1; i < std::min(threads, chunks); ++i) pool.Schedule(decltype(work)(work));
-  work();
-  std::unique_lock<std::mutex> lock(state->mu);
-  state->cv.wait(lock, [&] { return state->done.load() == chunks; });
-}
-
-// GCC/Clang vector extensions: one head row (Dh = 16 floats) is one vector; a row of T <= 128
-// attention weights is NV <= 8 vectors. With -march=native these are AVX-512 registers (two AVX2
-// registers each on older CPUs). Block buffers live on the stack, sized by NV (T <= 16 NV).
-typedef float V16 __attribute__((vector_size(64)));
-constexpr int kHead = 16;
-
-inline V16 Load(const float* p) {
-  V16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline void Store(float* p, V16 v) { std::memcpy(p, &v, sizeof(v)); }
-inline V16 Splat(float x) { return V16{} + x; }
-inline float Sum(V16 v) {
-  float total = 0.0f;
-  for (int k = 0; k < kHead; ++k) total += v[k];
-  return total;
-}
-inline float Max(V16 v) {
-  float top = v[0];
-  for (int k = 1; k < kHead; ++k) top = v[k] > top ? v[k] : top;
-  return top;
-}
+// A row of T <= 128 attention weights is NV <= 8 vectors. Block buffers live on the stack, sized
+// by NV (T <= 16 NV).
 
 // exp(x) for x <= 0 (softmax after subtracting the row maximum), lane-wise: x = n ln2 + r with
 // |r| <= ln2 / 2, a degree-6 Taylor polynomial for exp(r) (relative error < 3e-7), then 2^n
@@ -143,43 +87,11 @@ inline float* Row(float* base, const Shape& s, int64_t n, int64_t h, int64_t i) 
   return base + ((n * s.t + i) * s.h + h) * kHead;
 }
 
-// The dropout draw, as jaxmia/fastrand.py makes it: word e of a seed (s0, s1) is
-// h(h(e ^ s0) + s1), h Wellons' lowbias32 hash; kept iff float(word >> 8) * 2^-24 < keep
-// probability, i.e. float(word >> 8) < threshold = float32(keep) * 2^24.
-struct Dropout {
-  const uint32_t* seeds;  // [S, 2] (nullptr: no dropout)
-  int64_t items_per_seed;  // (n, h) blocks drawn from one seed: each model of a vmap has its own
-  float threshold, inv_keep;
-};
-
-template <typename U>
-inline U Hash(U x) {
-  x ^= x >> 16;
-  x *= 0x7FEB352Du;
-  x ^= x >> 15;
-  x *= 0x846CA68Bu;
-  return x ^ (x >> 16);
-}
-
 // The keep mask of row i of block `item` as NV vectors of 0 / inv_keep (all 1 without dropout;
-// lanes j >= T are never used).
+// lanes j >= T are never used): elements of fastrand's [N, H, T, T] draw.
 template <int NV>
 inline void MaskRow(const Dropout& drop, int64_t item, int64_t i, int64_t t, V16* out) {
-  typedef uint32_t U16 __attribute__((vector_size(64)));
-  typedef int32_t I16 __attribute__((vector_size(64)));
-  if (drop.seeds == nullptr) {
-    for (int c = 0; c < NV; ++c) out[c] = Splat(1.0f);
-    return;
-  }
-  const uint32_t* seed = drop.seeds + 2 * (item / drop.items_per_seed);
-  const uint32_t first =
-      static_cast<uint32_t>(((item % drop.items_per_seed) * t + i) * t);
-  const U16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
-  for (int c = 0; c < NV; ++c) {
-    const U16 word = Hash<U16>(Hash<U16>((first + c * kHead + lane) ^ seed[0]) + seed[1]);
-    const V16 u = __builtin_convertvector(__builtin_convertvector(word >> 8, I16), V16);
-    out[c] = u < drop.threshold ? Splat(drop.inv_keep) : V16{};
-  }
+  for (int c = 0; c < NV; ++c) out[c] = jaxmia::KeepFactors(drop, (item * t + i) * t + c * kHead);
 }
 
 // The T rows of one head block as vectors (rows T..T+3 zero, for the 4-row blocks below).
@@ -349,13 +261,8 @@ ffi::Error Prepare(ffi::Buffer<ffi::F32>& q, ffi::Buffer<ffi::U32>& seeds, float
                    float inv_keep, int32_t use_dropout, Shape* shape, Dropout* drop) {
   if (auto err = ReadShape(q, shape); err.failure()) return err;
   const Shape& s = *shape;
-  *drop = Dropout{nullptr, 1, 0.0f, inv_keep};
-  if (!use_dropout) return ffi::Error::Success();
-  const int64_t pairs = seeds.element_count() / 2;
-  if (pairs < 1 || (s.n * s.h) % pairs != 0)
-    return ffi::Error::InvalidArgument("attention: one seed pair per model is needed");
-  *drop = Dropout{seeds.typed_data(), s.n * s.h / pairs, keep * 16777216.0f, inv_keep};
-  return ffi::Error::Success();
+  return jaxmia::MakeDropout(seeds, s.n * s.h * s.t * s.t, keep, inv_keep, use_dropout,
+                             "attention", drop);
 }
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k,

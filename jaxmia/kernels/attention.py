@@ -9,34 +9,23 @@ forward and backward, draws the dropout mask inside the kernel, and spreads the 
 XLA's intra-op thread pool (numbers in BUILD_NOTES.md).
 
 :func:`attention` uses the kernel on CPU when it is available and :func:`supported`, and the
-pure-JAX :func:`reference` otherwise (other platforms, other head sizes, no C++ compiler, or
-``JAXMIA_ATTENTION_KERNEL=0``). Both draw the same dropout mask from the key (``fastrand``'s
+pure-JAX :func:`reference` otherwise (other platforms, other head sizes, or no kernels: see
+:mod:`jaxmia.kernels.library`). Both draw the same dropout mask from the key (``fastrand``'s
 hash, reimplemented in the kernel), so they compute the same function; tests compare values and
-gradients. The kernel is compiled on first use with ``$CXX`` (default ``c++``) against JAX's FFI
-headers, into ``$JAXMIA_KERNEL_CACHE`` (default ``~/.cache/jaxmia/kernels``), under a name that
-hashes the source, the flags, the JAX version and the CPU's feature flags; the file is written
-atomically.
+gradients.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import os
-import subprocess
-import tempfile
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from jaxmia import fastrand
+from jaxmia.kernels import library
 
-SOURCE = Path(__file__).with_name("attention.cc")
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 _FORWARD, _BACKWARD = "jaxmia_attention_forward", "jaxmia_attention_backward"
 
 
@@ -58,87 +47,15 @@ def reference(q, k, v, dropout_key=None, rate: float = 0.0):
     return jnp.moveaxis(out, -3, -2)
 
 
-def _cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    return next((line for line in text.splitlines() if line.startswith("flags")), "")
-
-
-def _library_path() -> Path:
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, jax.__version__,
-                                    _cpu_flags()]).encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("JAXMIA_KERNEL_CACHE",
-                                Path.home() / ".cache" / "jaxmia" / "kernels"))
-    return cache / f"attention-{key}.so"
-
-
-def _build(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=path.parent)
-    os.close(fd)
-    try:
-        subprocess.run([os.environ.get("CXX", "c++"), *FLAGS, f"-I{jax.ffi.include_dir()}",
-                        str(SOURCE), "-o", tmp], check=True, capture_output=True, text=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def open_library(path: Path | None = None) -> ctypes.CDLL | None:
-    """Builds the kernel library at ``path`` when it is missing (default: the cache path of this
-    source, flags, JAX and CPU) and opens it. A cached file that does not open (e.g. corrupt) is
-    rebuilt once. None, with one logged warning naming the cause, when it cannot be built."""
-    path = path or _library_path()
-    try:
-        if not path.exists():
-            _build(path)
-        try:
-            return ctypes.cdll.LoadLibrary(str(path))
-        except OSError:
-            _build(path)
-            return ctypes.cdll.LoadLibrary(str(path))
-    except (OSError, subprocess.CalledProcessError) as err:
-        lines = (getattr(err, "stderr", None) or str(err)).strip().splitlines()
-        logging.warning("attention kernel unavailable (%s); using the pure-JAX attention "
-                        "(install a C++ compiler, or set CXX, to build it)",
-                        lines[-1] if lines else type(err).__name__)
-        return None
-
-
-@functools.cache
-def available() -> bool:
-    """Whether the CPU kernel is built and registered with XLA (building it on the first
-    call): False with ``JAXMIA_ATTENTION_KERNEL=0`` or when it cannot be built;
-    :func:`attention` then runs :func:`reference`."""
-    if os.environ.get("JAXMIA_ATTENTION_KERNEL", "1") == "0":
-        return False
-    lib = open_library()
-    if lib is None:
-        return False
-    jax.ffi.register_ffi_target(_FORWARD, jax.ffi.pycapsule(lib.JaxmiaAttentionForward),
-                                platform="cpu")
-    jax.ffi.register_ffi_target(_BACKWARD, jax.ffi.pycapsule(lib.JaxmiaAttentionBackward),
-                                platform="cpu")
-    return True
-
-
 def _attrs(q, rate, use_dropout):
     return dict(scale=np.float32(1.0 / np.sqrt(q.shape[-1])), keep=np.float32(1.0 - rate),
                 inv_keep=np.float32(1.0 / (1.0 - rate)), use_dropout=np.int32(use_dropout))
 
 
-def _result(shape, like):
-    """A float32 result type that varies over the same manual (``shard_map``) axes as ``like``."""
-    return jax.typeof(like).update(shape=tuple(shape), dtype=jnp.dtype(jnp.float32))
-
-
 def _forward_call(q, k, v, seeds, rate, use_dropout):
     *lead, t, h, _ = q.shape
     padded = -(-t // 16) * 16  # the kernel keeps P's rows as whole 16-float vectors
-    out_types = (_result(q.shape, q), _result((*lead, h, t, padded), q))
+    out_types = (library.result(q.shape, q), library.result((*lead, h, t, padded), q))
     return jax.ffi.ffi_call(_FORWARD, out_types, vmap_method="broadcast_all")(
         q, k, v, seeds, **_attrs(q, rate, use_dropout))
 
@@ -155,7 +72,7 @@ def _kernel_fwd(q, k, v, seeds, rate, use_dropout):
 
 def _kernel_bwd(rate, use_dropout, residuals, g):
     q, k, v, seeds, probs = residuals
-    types = tuple(_result(q.shape, q) for _ in range(3))
+    types = tuple(library.result(q.shape, q) for _ in range(3))
     dq, dk, dv = jax.ffi.ffi_call(_BACKWARD, types, vmap_method="broadcast_all")(
         q, k, v, seeds, probs, g.astype(jnp.float32), **_attrs(q, rate, use_dropout))
     return dq, dk, dv, None
@@ -172,7 +89,7 @@ def supported(q) -> bool:
 def attention(q, k, v, dropout_key=None, rate: float = 0.0):
     """Same contract and result as :func:`reference`; the CPU kernel where it is available
     and :func:`supported`."""
-    if not supported(q) or not available():
+    if not supported(q) or not library.available():
         return reference(q, k, v, dropout_key, rate)
     use_dropout = dropout_key is not None
     seeds = fastrand.seed_words(dropout_key) if use_dropout else jnp.zeros((2,), jnp.uint32)

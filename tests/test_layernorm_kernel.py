@@ -1,0 +1,165 @@
+"""The hand-written CPU kernel for ``LayerNorm(x + dropout(branch))`` against its pure-JAX
+reference: values and gradients, the dropout mask and rescaling, vmapped models with their own
+parameters and keys, shared parameters under vmap, models sharded over devices, and the fallback
+for other shapes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmia.kernels import layernorm, library
+from tests.conftest import ROOT
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernel():
+    if not library.available():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs the CPU kernels: a C++ compiler (c++ or $CXX)")
+        pytest.skip("CPU kernels not built (no C++ compiler)")
+
+
+def _inputs(shape, seed=0):
+    k = jax.random.split(jax.random.key(seed), 5)
+    x, branch, cotangent = (jax.random.normal(key, shape) for key in k[:3])
+    d = shape[-1]
+    scale = 1.0 + 0.3 * jax.random.normal(k[3], (d,))
+    bias = 0.3 * jax.random.normal(k[4], (d,))
+    return x, branch, scale, bias, cotangent
+
+
+def _loss(fn, key, cotangent, rate=0.2):
+    return lambda *a: jnp.sum(fn(*a, key, rate) * cotangent)
+
+
+# 300 rows: not a multiple of the kernel's 128-row partial sums; 1 row; 3-D inputs.
+@pytest.mark.parametrize("shape", [(300, 64), (1, 16), (4, 30, 128), (7, 5, 48)])
+@pytest.mark.parametrize("dropout", [False, True])
+def test_values_and_gradients_match_the_reference(shape, dropout):
+    x, branch, scale, bias, cotangent = _inputs(shape, seed=len(shape) + shape[-1])
+    key = jax.random.key(7) if dropout else None
+    got = jax.jit(lambda *a: layernorm.add_layernorm(*a, key, 0.2))(x, branch, scale, bias)
+    want = layernorm.reference(x, branch, scale, bias, key, 0.2)
+    # A different dropout mask would change outputs by O(1), not by float rounding.
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    args = (x, branch, scale, bias)
+    got_grads = jax.jit(jax.grad(_loss(layernorm.add_layernorm, key, cotangent), (0, 1, 2, 3)))(
+        *args)
+    want_grads = jax.grad(_loss(layernorm.reference, key, cotangent), (0, 1, 2, 3))(*args)
+    for g, w in zip(got_grads, want_grads):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_layer_statistics_by_hand():
+    # One row [1, 2, 3, ..., 16]: mean 8.5, biased variance (16^2 - 1) / 12 = 21.25.
+    x = jnp.arange(1.0, 17.0)[None]
+    y = layernorm.add_layernorm(x, jnp.zeros_like(x), jnp.full((16,), 2.0), jnp.ones(16))
+    np.testing.assert_allclose(y[0], 2.0 * (x[0] - 8.5) / np.sqrt(21.25 + 1e-5) + 1.0, rtol=1e-5)
+
+
+def test_dropout_zeroes_the_stated_fraction_of_the_branch_and_rescales():
+    # dbranch = dx * M / keep, so the ratio of the two gradients is the branch's mask.
+    x, branch, scale, bias, cotangent = _inputs((2000, 64))
+    rate = 0.2
+    dx, dbranch = jax.grad(_loss(layernorm.add_layernorm, jax.random.key(1), cotangent, rate),
+                           (0, 1))(x, branch, scale, bias)
+    ratio = np.asarray(dbranch / dx)
+    dropped = np.isclose(ratio, 0.0)
+    assert abs(dropped.mean() - rate) < 0.005
+    np.testing.assert_allclose(ratio[~dropped], 1.0 / (1.0 - rate), rtol=1e-4)
+
+
+def test_vmapped_models_have_their_own_parameters_and_masks():
+    x, branch, scale, bias, cotangent = _inputs((3, 40, 64), seed=3)  # three models
+    scales, biases = jnp.stack([scale, 2 * scale, -scale]), jnp.stack([bias, -bias, 0 * bias])
+    keys = jax.random.split(jax.random.key(3), 3)
+
+    def per_model(fn):
+        return jax.vmap(lambda x, b, s, c, k: fn(x, b, s, c, k, 0.2))
+
+    args = (x, branch, scales, biases, keys)
+    np.testing.assert_allclose(jax.jit(per_model(layernorm.add_layernorm))(*args),
+                               per_model(layernorm.reference)(*args), rtol=1e-5, atol=1e-5)
+
+    def loss(fn):
+        return lambda *a: jnp.sum(per_model(fn)(*a, keys) * cotangent)
+
+    got = jax.jit(jax.grad(loss(layernorm.add_layernorm), (0, 1, 2, 3)))(*args[:4])
+    want = jax.grad(loss(layernorm.reference), (0, 1, 2, 3))(*args[:4])
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    swapped = jax.jit(per_model(layernorm.add_layernorm))(x, branch, scales, biases, keys[::-1])
+    assert not np.allclose(swapped[0], per_model(layernorm.reference)(*args)[0])
+
+
+def test_parameters_shared_under_vmap_get_the_summed_gradient():
+    x, branch, scale, bias, cotangent = _inputs((4, 30, 32), seed=5)
+    keys = jax.random.split(jax.random.key(4), 4)
+
+    def loss(fn):
+        return lambda s, c: jnp.sum(jax.vmap(lambda x, b, k: fn(x, b, s, c, k, 0.2))(
+            x, branch, keys) * cotangent)
+
+    got = jax.jit(jax.grad(loss(layernorm.add_layernorm), (0, 1)))(scale, bias)
+    want = jax.grad(loss(layernorm.reference), (0, 1))(scale, bias)
+    for g, w in zip(got, want):
+        assert g.shape == (32,)
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_unsupported_shapes_use_the_reference():
+    for shape in [(5, 8), (5, 24), (5, 144)]:  # D not a multiple of 16, or above 128
+        x, branch, scale, bias, _ = _inputs(shape)
+        assert not layernorm.supported(x, branch, scale, bias)
+        np.testing.assert_array_equal(layernorm.add_layernorm(x, branch, scale, bias),
+                                      layernorm.reference(x, branch, scale, bias))
+    x, branch, scale, bias, _ = _inputs((5, 64))
+    assert not layernorm.supported(x, branch[:, None], scale, bias)  # broadcast branch
+
+
+SHARDED = r'''
+import json
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jaxmia import sharding
+from jaxmia.kernels import layernorm, library
+
+assert jax.device_count() == 4 and library.available()
+mesh = sharding.model_mesh()  # the library's own mesh (automatic axes)
+k = jax.random.split(jax.random.key(0), 4)
+x, branch = (jax.random.normal(key, (4, 8, 30, 64)) for key in k[:2])  # four models
+scale, bias = 1 + jax.random.normal(k[2], (4, 64)), jax.random.normal(k[3], (4, 64))
+keys = jax.random.split(jax.random.key(1), 4)
+args = (x, branch, scale, bias, keys)
+on_mesh = [jax.device_put(a, NamedSharding(mesh, P("model"))) for a in args]
+def per_model(fn):
+    return jax.vmap(lambda x, b, s, c, k: fn(x, b, s, c, k, 0.2))
+want = per_model(layernorm.reference)(*args)
+partitioned = jax.jit(per_model(layernorm.add_layernorm))(*on_mesh)
+explicit = jax.jit(sharding.over_models(per_model(layernorm.add_layernorm), mesh,
+                                        (0,) * 5))(*on_mesh)
+def grad(fn):  # d/d scale of each model, per device as the training loop runs it
+    g = jax.vmap(jax.grad(lambda x, b, s, c, k: jnp.sum(fn(x, b, s, c, k, 0.2) ** 2), 2))
+    return jax.jit(sharding.over_models(g, mesh, (0,) * 5))
+want_grad = grad(layernorm.reference)(*on_mesh)
+print(json.dumps({"jit": float(jnp.max(jnp.abs(partitioned - want))),
+                  "shard_map": float(jnp.max(jnp.abs(explicit - want))),
+                  "grad": float(jnp.max(jnp.abs(grad(layernorm.add_layernorm)(*on_mesh)
+                                                - want_grad)) / jnp.max(jnp.abs(want_grad)))}))
+'''
+
+
+def test_sharded_over_models_equals_the_reference():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
+                         text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    errors = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(errors) == {"jit", "shard_map", "grad"}
+    assert max(errors.values()) < 1e-5, errors
