@@ -77,6 +77,9 @@ def test_vmapped_models_draw_their_own_masks():
 
 def test_unsupported_shapes_use_the_reference():
     assert not attention.supported(jnp.zeros((2, 129, 4, 16)))  # more tokens than the kernel's
+    # A dropout draw past 2^32 weights (fastrand's counter) is the reference's to refuse.
+    assert attention.supported(jax.ShapeDtypeStruct((2**16, 128, 4, 16), jnp.float32))
+    assert not attention.supported(jax.ShapeDtypeStruct((2**16 + 1, 128, 4, 16), jnp.float32))
     q, k, v, _ = _inputs((2, 6, 4, 8))  # head size 8: not the kernel's
     assert not attention.supported(q)
     np.testing.assert_array_equal(attention.attention(q, k, v), attention.reference(q, k, v))

@@ -123,6 +123,15 @@ def test_unsupported_shapes_use_the_reference():
     assert not layernorm.supported(x, branch[:, None], scale, bias)  # broadcast branch
 
 
+def test_draws_past_the_32_bit_counter_are_left_to_the_reference():
+    def rows(n):
+        return jax.ShapeDtypeStruct((n, 64), jnp.float32)
+
+    vector = jax.ShapeDtypeStruct((64,), jnp.float32)
+    assert layernorm.supported(rows(2**26), rows(2**26), vector, vector)  # 2^32 elements
+    assert not layernorm.supported(rows(2**26 + 1), rows(2**26 + 1), vector, vector)
+
+
 SHARDED = r'''
 import json
 import jax, jax.numpy as jnp

@@ -18,6 +18,7 @@ gradients.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -82,8 +83,12 @@ _kernel.defvjp(_kernel_fwd, _kernel_bwd)
 
 
 def supported(q) -> bool:
-    """Whether the kernel handles these inputs: float32, head size 16, 1 to 128 tokens."""
-    return q.dtype == jnp.float32 and q.shape[-1] == 16 and 1 <= q.shape[-3] <= 128
+    """Whether the kernel handles these inputs: float32, head size 16, 1 to 128 tokens, and a
+    dropout draw of at most 2^32 weights (beyond that :func:`reference` refuses, as ``fastrand``
+    does, instead of repeating the kernel's 32-bit counter)."""
+    *lead, t, h, _ = q.shape
+    return (q.dtype == jnp.float32 and q.shape[-1] == 16 and 1 <= t <= 128
+            and math.prod(lead) * h * t * t <= 2**32)
 
 
 def attention(q, k, v, dropout_key=None, rate: float = 0.0):

@@ -84,11 +84,12 @@ _kernel.defvjp(_kernel_fwd, _kernel_bwd)
 
 def supported(x, branch, scale, bias) -> bool:
     """Whether the kernel handles these inputs: float32, ``branch`` shaped like ``x``, ``scale``
-    and ``bias`` ``[D]`` with D one of 16, 32, ..., 128, and at least one row."""
+    and ``bias`` ``[D]`` with D one of 16, 32, ..., 128, and 1 to 2^32 elements (beyond that
+    :func:`reference`'s ``fastrand`` draw refuses instead of repeating a 32-bit counter)."""
     d = x.shape[-1] if x.ndim else 0
     return (all(a.dtype == jnp.float32 for a in (x, branch, scale, bias))
             and x.shape == branch.shape and scale.shape == bias.shape == (d,)
-            and d % 16 == 0 and 16 <= d <= 128 and x.size > 0)
+            and d % 16 == 0 and 16 <= d <= 128 and 0 < x.size <= 2**32)
 
 
 def add_layernorm(x, branch, scale, bias, dropout_key=None, rate: float = 0.0,
