@@ -1,5 +1,6 @@
 r"""SAMIA's training step (issue #3 §4, end to end) with the hand-written CPU kernels
-(``jaxmia/kernels/attention.cc``, ``layernorm.cc``) against the same model in pure JAX.
+(``jaxmia/kernels/attention.cc``, ``layernorm.cc``, ``gelu.cc``) against the same model in pure
+JAX.
 
   .venv/bin/python benchmarks/samia_step.py --classes=30 --rounds=8
 
@@ -7,9 +8,10 @@ Builds both jitted steps in one process (the model of ``jaxmia/attacks/samia.py`
 with momentum as the attack trains; the pure version traced with the kernels switched off), then
 times them round-robin (median and minimum over ``--rounds`` rounds of ``--steps`` steps, so
 both see the same machine load), and each kernel's work alone, forward + backward of one layer:
-the attention core (B = 128, 4 heads of 16, dropout 0.2) and the residual LayerNorm
-(``LayerNorm(h + dropout(branch))``, 128 x 30 rows of 64). Prints milliseconds and the pure /
-kernel ratios.
+the attention core (B = 128, 4 heads of 16, dropout 0.2), the residual LayerNorm
+(``LayerNorm(h + dropout(branch))``, 128 x 30 rows of 64) and the feed-forward activation
+(``dropout(GELU(z + bias))``, 128 x 30 rows of 128). Prints milliseconds and the pure / kernel
+ratios.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 import optax
 
 from jaxmia.attacks import samia
-from jaxmia.kernels import attention, layernorm, library
+from jaxmia.kernels import attention, gelu, layernorm, library
 
 BATCH = 128
 
@@ -56,23 +58,24 @@ def samia_step(classes: int):
     return lambda: step(*state)
 
 
-def attention_core(fn):
-    q, k, v, g = (jax.random.normal(key, (BATCH, 30, 4, 16))
-                  for key in jax.random.split(jax.random.key(2), 4))
-    grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v, jax.random.key(3), 0.2) * g),
-                            (0, 1, 2)))
-    jax.block_until_ready(grad(q, k, v))
-    return lambda: grad(q, k, v)
+def core(fn, *shapes):
+    """Forward + backward of ``fn(*arrays, key, 0.2)`` (dropout 0.2) on random arrays of
+    ``shapes``, jitted and compiled; returns a call."""
+    keys = jax.random.split(jax.random.key(len(shapes)), len(shapes) + 1)
+    arrays = [jax.random.normal(key, shape) for key, shape in zip(keys, shapes)]
+    g = jax.random.normal(keys[-1], jax.eval_shape(lambda *a: fn(*a, None, 0.2), *arrays).shape)
+    grad = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a, jax.random.key(3), 0.2) * g),
+                            tuple(range(len(arrays)))))
+    jax.block_until_ready(grad(*arrays))
+    return lambda: grad(*arrays)
 
 
-def addnorm_core(fn):
-    h, branch, g = (jax.random.normal(key, (BATCH, 30, 64))
-                    for key in jax.random.split(jax.random.key(4), 3))
-    scale, bias = jnp.ones(64), jnp.zeros(64)
-    grad = jax.jit(jax.grad(
-        lambda h, b, s, c: jnp.sum(fn(h, b, s, c, jax.random.key(5), 0.2) * g), (0, 1, 2, 3)))
-    jax.block_until_ready(grad(h, branch, scale, bias))
-    return lambda: grad(h, branch, scale, bias)
+# One layer's work of each kernel at SAMIA's shapes (C = 30 tokens, batch 128).
+CORES = {
+    "core": (attention.attention, attention.reference, [(BATCH, 30, 4, 16)] * 3),
+    "addnorm": (layernorm.add_layernorm, layernorm.reference, [(BATCH, 30, 64)] * 2 + [(64,)] * 2),
+    "ffn": (gelu.bias_gelu_dropout, gelu.reference, [(BATCH, 30, 128), (128,)]),
+}
 
 
 def round_robin(calls: dict, rounds: int, steps: int) -> dict:
@@ -98,16 +101,15 @@ def main():
     calls = {"step kernel": samia_step(args.classes)}
     with mock.patch.object(library, "available", lambda: False):
         calls["step pure"] = samia_step(args.classes)
-    calls["core kernel"] = attention_core(attention.attention)
-    calls["core pure"] = attention_core(attention.reference)
-    calls["addnorm kernel"] = addnorm_core(layernorm.add_layernorm)
-    calls["addnorm pure"] = addnorm_core(layernorm.reference)
+    for name, (kernel, reference, shapes) in CORES.items():
+        calls[f"{name} kernel"] = core(kernel, *shapes)
+        calls[f"{name} pure"] = core(reference, *shapes)
     times = round_robin(calls, args.rounds, args.steps)
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, C = {args.classes}, "
           f"batch {BATCH}; ms per call, {args.rounds} rounds of {args.steps}")
     for name, ts in times.items():
         print(f"  {name:14s} median {statistics.median(ts):7.2f}  min {min(ts):7.2f}")
-    for what in ("step", "core", "addnorm"):
+    for what in ("step", *CORES):
         ratio = statistics.median(times[f"{what} pure"]) / statistics.median(times[f"{what} kernel"])
         print(f"  {what}: pure / kernel = {ratio:.2f}x")
 

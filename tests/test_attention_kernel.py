@@ -2,11 +2,6 @@
 dropout masks, vmapped models with their own keys, models sharded over devices, the SAMIA model
 (with both of its kernels) end to end, and the fallback for other shapes."""
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,15 +9,9 @@ import pytest
 
 from jaxmia.attacks import samia
 from jaxmia.kernels import attention, library
-from tests.conftest import ROOT
+from tests.kernel_checks import assert_matches_reference, cpu_kernels, run_on_cpu_devices
 
-
-@pytest.fixture(scope="module", autouse=True)
-def kernel():
-    if not library.available():
-        if os.environ.get("CI"):
-            pytest.fail("CI needs the CPU kernels: a C++ compiler (c++ or $CXX)")
-        pytest.skip("CPU kernels not built (no C++ compiler)")
+pytestmark = pytest.mark.usefixtures(cpu_kernels.__name__)
 
 
 def _inputs(shape, seed=0):
@@ -35,18 +24,10 @@ def _inputs(shape, seed=0):
 def test_values_and_gradients_match_the_reference(tokens, dropout):
     q, k, v, cotangent = _inputs((6, tokens, 4, 16), seed=tokens)
     key = jax.random.key(7) if dropout else None
-
-    def loss(fn):
-        return lambda q, k, v: jnp.sum(fn(q, k, v, key, 0.2) * cotangent)
-
-    got = jax.jit(lambda q, k, v: attention.attention(q, k, v, key, 0.2))(q, k, v)
-    want = attention.reference(q, k, v, key, 0.2)
     # A different dropout mask would change outputs by O(1), not by float rounding.
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=2e-6)
-    got_grads = jax.jit(jax.grad(loss(attention.attention), (0, 1, 2)))(q, k, v)
-    want_grads = jax.grad(loss(attention.reference), (0, 1, 2))(q, k, v)
-    for g, w in zip(got_grads, want_grads):
-        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    assert_matches_reference(lambda q, k, v: attention.attention(q, k, v, key, 0.2),
+                             lambda q, k, v: attention.reference(q, k, v, key, 0.2), (q, k, v),
+                             cotangent, atol=2e-6, grad_rtol=1e-5, grad_atol=1e-5)
 
 
 def test_dropout_drops_the_stated_fraction_and_rescales():
@@ -128,10 +109,6 @@ print(json.dumps({name: float(jnp.max(jnp.abs(got - want)))
 
 
 def test_sharded_over_models_equals_the_reference():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
-                         text=True, cwd=ROOT, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    errors = json.loads(out.stdout.strip().splitlines()[-1])
+    errors = run_on_cpu_devices(SHARDED)
     assert set(errors) == {"jit", "shard_map"}
     assert max(errors.values()) < 1e-5, errors

@@ -3,26 +3,15 @@ reference: values and gradients, the dropout mask and rescaling, vmapped models 
 parameters and keys, shared parameters under vmap, models sharded over devices, and the fallback
 for other shapes."""
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmia.kernels import layernorm, library
-from tests.conftest import ROOT
+from jaxmia.kernels import layernorm
+from tests.kernel_checks import assert_matches_reference, cpu_kernels, run_on_cpu_devices
 
-
-@pytest.fixture(scope="module", autouse=True)
-def kernel():
-    if not library.available():
-        if os.environ.get("CI"):
-            pytest.fail("CI needs the CPU kernels: a C++ compiler (c++ or $CXX)")
-        pytest.skip("CPU kernels not built (no C++ compiler)")
+pytestmark = pytest.mark.usefixtures(cpu_kernels.__name__)
 
 
 def _inputs(shape, seed=0):
@@ -44,16 +33,10 @@ def _loss(fn, key, cotangent, rate=0.2):
 def test_values_and_gradients_match_the_reference(shape, dropout):
     x, branch, scale, bias, cotangent = _inputs(shape, seed=len(shape) + shape[-1])
     key = jax.random.key(7) if dropout else None
-    got = jax.jit(lambda *a: layernorm.add_layernorm(*a, key, 0.2))(x, branch, scale, bias)
-    want = layernorm.reference(x, branch, scale, bias, key, 0.2)
     # A different dropout mask would change outputs by O(1), not by float rounding.
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    args = (x, branch, scale, bias)
-    got_grads = jax.jit(jax.grad(_loss(layernorm.add_layernorm, key, cotangent), (0, 1, 2, 3)))(
-        *args)
-    want_grads = jax.grad(_loss(layernorm.reference, key, cotangent), (0, 1, 2, 3))(*args)
-    for g, w in zip(got_grads, want_grads):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+    assert_matches_reference(lambda *a: layernorm.add_layernorm(*a, key, 0.2),
+                             lambda *a: layernorm.reference(*a, key, 0.2),
+                             (x, branch, scale, bias), cotangent)
 
 
 def test_layer_statistics_by_hand():
@@ -77,25 +60,16 @@ def test_dropout_zeroes_the_stated_fraction_of_the_branch_and_rescales():
 
 def test_vmapped_models_have_their_own_parameters_and_masks():
     x, branch, scale, bias, cotangent = _inputs((3, 40, 64), seed=3)  # three models
-    scales, biases = jnp.stack([scale, 2 * scale, -scale]), jnp.stack([bias, -bias, 0 * bias])
+    args = (x, branch, jnp.stack([scale, 2 * scale, -scale]), jnp.stack([bias, -bias, 0 * bias]))
     keys = jax.random.split(jax.random.key(3), 3)
 
-    def per_model(fn):
-        return jax.vmap(lambda x, b, s, c, k: fn(x, b, s, c, k, 0.2))
+    def per_model(fn, keys):
+        return lambda *a: jax.vmap(lambda x, b, s, c, k: fn(x, b, s, c, k, 0.2))(*a, keys)
 
-    args = (x, branch, scales, biases, keys)
-    np.testing.assert_allclose(jax.jit(per_model(layernorm.add_layernorm))(*args),
-                               per_model(layernorm.reference)(*args), rtol=1e-5, atol=1e-5)
-
-    def loss(fn):
-        return lambda *a: jnp.sum(per_model(fn)(*a, keys) * cotangent)
-
-    got = jax.jit(jax.grad(loss(layernorm.add_layernorm), (0, 1, 2, 3)))(*args[:4])
-    want = jax.grad(loss(layernorm.reference), (0, 1, 2, 3))(*args[:4])
-    for g, w in zip(got, want):
-        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
-    swapped = jax.jit(per_model(layernorm.add_layernorm))(x, branch, scales, biases, keys[::-1])
-    assert not np.allclose(swapped[0], per_model(layernorm.reference)(*args)[0])
+    assert_matches_reference(per_model(layernorm.add_layernorm, keys),
+                             per_model(layernorm.reference, keys), args, cotangent)
+    swapped = per_model(layernorm.add_layernorm, keys[::-1])(*args)
+    assert not np.allclose(swapped[0], per_model(layernorm.reference, keys)(*args)[0])
 
 
 def test_parameters_shared_under_vmap_get_the_summed_gradient():
@@ -165,10 +139,6 @@ print(json.dumps({"jit": float(jnp.max(jnp.abs(partitioned - want))),
 
 
 def test_sharded_over_models_equals_the_reference():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
-                         text=True, cwd=ROOT, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    errors = json.loads(out.stdout.strip().splitlines()[-1])
+    errors = run_on_cpu_devices(SHARDED)
     assert set(errors) == {"jit", "shard_map", "grad"}
     assert max(errors.values()) < 1e-5, errors

@@ -22,8 +22,7 @@ from flax import linen as nn
 
 from jaxmia.attacks import classifier
 from jaxmia.attacks.base import Attack, Features
-from jaxmia.kernels import attention, layernorm
-from jaxmia.models import layers
+from jaxmia.kernels import attention, gelu, layernorm
 
 D_MODEL, HEADS, FEED_FORWARD, LAYERS, DROPOUT = 64, 4, 128, 3, 0.2
 _dense = nn.initializers.xavier_uniform()
@@ -65,14 +64,31 @@ class AddNorm(nn.Module):
         return layernorm.add_layernorm(h, branch, scale, bias, key, DROPOUT, eps=1e-5)
 
 
+class FeedForwardIn(nn.Module):
+    """``Dropout(GELU(Linear(h)))``, the feed-forward block's first half (exact GELU, as
+    PyTorch's default), with the bias, GELU and dropout in
+    :func:`jaxmia.kernels.gelu.bias_gelu_dropout` (a hand-written CPU kernel; pure JAX
+    elsewhere). Parameters as ``nn.Dense``'s: ``kernel`` ``[d_in, features]``, ``bias``."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, h, train: bool):
+        kernel = self.param("kernel", _dense, (h.shape[-1], self.features))
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        key = self.make_rng("dropout") if train else None
+        return gelu.bias_gelu_dropout(h @ kernel, bias, key, DROPOUT)
+
+
 class EncoderLayer(nn.Module):
     """PyTorch ``TransformerEncoderLayer(norm_first=False, activation='gelu')``."""
 
     @nn.compact
     def __call__(self, h, train: bool):
         h = AddNorm(name="LayerNorm_0")(h, SelfAttention()(h, train), train)
-        ff = layers.Dropout(DROPOUT)(_gelu(nn.Dense(FEED_FORWARD, kernel_init=_dense)(h)), train)
-        return AddNorm(name="LayerNorm_1")(h, nn.Dense(D_MODEL, kernel_init=_dense)(ff), train)
+        ff = FeedForwardIn(FEED_FORWARD, name="Dense_0")(h, train)
+        ff = nn.Dense(D_MODEL, kernel_init=_dense, name="Dense_1")(ff)
+        return AddNorm(name="LayerNorm_1")(h, ff, train)
 
 
 def to_tokens(x: jax.Array, num_classes: int) -> jax.Array:

@@ -27,6 +27,7 @@ namespace ffi = xla::ffi;
 namespace {
 
 using jaxmia::Dropout;
+using jaxmia::ExpNonPositive;
 using jaxmia::Load;
 using jaxmia::Max;
 using jaxmia::ParallelFor;
@@ -54,30 +55,6 @@ ffi::Error ReadShape(ffi::Buffer<ffi::F32>& q, Shape* s) {
 
 // A row of T <= 128 attention weights is NV <= 8 vectors. Block buffers live on the stack, sized
 // by NV (T <= 16 NV).
-
-// exp(x) for x <= 0 (softmax after subtracting the row maximum), lane-wise: x = n ln2 + r with
-// |r| <= ln2 / 2, a degree-6 Taylor polynomial for exp(r) (relative error < 3e-7), then 2^n
-// through the exponent bits. Lanes below -87 give 0.
-inline V16 ExpNonPositive(V16 x) {
-  typedef int32_t I16 __attribute__((vector_size(64)));
-  const I16 tiny = x < -87.0f;
-  x = tiny ? Splat(-87.0f) : x;
-  V16 n = x * 1.44269504088896341f;
-  n = __builtin_convertvector(__builtin_convertvector(n + (n < 0.0f ? Splat(-0.5f) : Splat(0.5f)),
-                                                      I16), V16);
-  const V16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
-  V16 poly = Splat(1.0f / 720.0f);
-  poly = poly * r + 1.0f / 120.0f;
-  poly = poly * r + 1.0f / 24.0f;
-  poly = poly * r + 1.0f / 6.0f;
-  poly = poly * r + 0.5f;
-  poly = poly * r + 1.0f;
-  poly = poly * r + 1.0f;
-  const I16 bits = (__builtin_convertvector(n, I16) + 127) << 23;
-  V16 scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return tiny ? V16{} : poly * scale;
-}
 
 // Rows of one (n, h) block of a [N, T, H, 16] array.
 inline const float* Row(const float* base, const Shape& s, int64_t n, int64_t h, int64_t i) {

@@ -1,6 +1,7 @@
-// Helpers shared by the jaxmia XLA:CPU kernels (attention.cc, layernorm.cc): a deadlock-free
-// ParallelFor over XLA's intra-op pool, 16-float vectors (GCC/Clang vector extensions) with
-// tree reductions, and jaxmia/fastrand.py's hash for in-kernel dropout masks.
+// Helpers shared by the jaxmia XLA:CPU kernels (attention.cc, layernorm.cc, gelu.cc): a
+// deadlock-free ParallelFor over XLA's intra-op pool, 16-float vectors (GCC/Clang vector
+// extensions) with tree reductions and exp, jaxmia/fastrand.py's hash for in-kernel dropout
+// masks, and row arrays with per-model parameters.
 #ifndef JAXMIA_KERNELS_COMMON_H_
 #define JAXMIA_KERNELS_COMMON_H_
 
@@ -10,8 +11,9 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <string>
 #include <mutex>
+#include <string>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -100,6 +102,29 @@ inline float Max(V16 v) {
   return v[0];
 }
 
+// exp(x) for x <= 0 (e.g. softmax after subtracting the row maximum), lane-wise: x = n ln2 + r with
+// |r| <= ln2 / 2, a degree-6 Taylor polynomial for exp(r) (relative error < 3e-7), then 2^n
+// through the exponent bits. Lanes below -87 give 0.
+inline V16 ExpNonPositive(V16 x) {
+  const I16 tiny = x < -87.0f;
+  x = tiny ? Splat(-87.0f) : x;
+  V16 n = x * 1.44269504088896341f;
+  n = __builtin_convertvector(__builtin_convertvector(n + (n < 0.0f ? Splat(-0.5f) : Splat(0.5f)),
+                                                      I16), V16);
+  const V16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  V16 poly = Splat(1.0f / 720.0f);
+  poly = poly * r + 1.0f / 120.0f;
+  poly = poly * r + 1.0f / 24.0f;
+  poly = poly * r + 1.0f / 6.0f;
+  poly = poly * r + 0.5f;
+  poly = poly * r + 1.0f;
+  poly = poly * r + 1.0f;
+  const I16 bits = (__builtin_convertvector(n, I16) + 127) << 23;
+  V16 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return tiny ? V16{} : poly * scale;
+}
+
 // jaxmia/fastrand.py's stream: word e of a seed (s0, s1) is h(h(e ^ s0) + s1), h Wellons'
 // lowbias32 hash; a Bernoulli(keep) draw is kept iff float(word >> 8) * 2^-24 < keep, i.e.
 // float(word >> 8) < threshold = float32(keep) * 2^24.
@@ -144,6 +169,54 @@ inline ffi::Error MakeDropout(ffi::Buffer<ffi::U32>& seeds, int64_t elements, fl
     return ffi::Error::InvalidArgument(std::string(name) + ": one seed pair per model is needed");
   *drop = Dropout{seeds.typed_data(), elements / pairs, keep * 16777216.0f, inv_keep};
   return ffi::Error::Success();
+}
+
+// An array of rows [R, D] (D = 16 NV, NV <= 8) with per-model parameters [G, D]: G = 1, or one
+// parameter row per model of a vmap, whose rows are the next R / G rows of the array.
+struct RowShape {
+  int64_t rows, d, groups, per_group;
+};
+
+inline ffi::Error ReadRows(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& params,
+                           const char* name, RowShape* r) {
+  auto dims = x.dimensions();
+  if (dims.size() < 1) return ffi::Error::InvalidArgument(std::string(name) + ": x must be [..., D]");
+  r->d = dims[dims.size() - 1];
+  if (r->d % kLanes != 0 || r->d < kLanes || r->d > 8 * kLanes)
+    return ffi::Error::InvalidArgument(std::string(name) + ": D must be 16, 32, ..., 128");
+  r->rows = x.element_count() / r->d;
+  r->groups = params.element_count() / r->d;
+  if (r->groups < 1 || r->rows % r->groups != 0)
+    return ffi::Error::InvalidArgument(std::string(name) + ": one parameter row per model is needed");
+  r->per_group = r->rows / r->groups;
+  return ffi::Error::Success();
+}
+
+// Calls body(NV) with NV = D / 16 (1..8, checked by ReadRows) as a compile-time constant.
+template <typename Body>
+void ForWidth(const RowShape& s, Body body) {
+  switch (s.d / kLanes) {
+    case 1: body(std::integral_constant<int, 1>()); break;
+    case 2: body(std::integral_constant<int, 2>()); break;
+    case 3: body(std::integral_constant<int, 3>()); break;
+    case 4: body(std::integral_constant<int, 4>()); break;
+    case 5: body(std::integral_constant<int, 5>()); break;
+    case 6: body(std::integral_constant<int, 6>()); break;
+    case 7: body(std::integral_constant<int, 7>()); break;
+    default: body(std::integral_constant<int, 8>()); break;
+  }
+}
+
+// Runs rows(group, first, end, item) over blocks of at most `chunk` rows of each group, one
+// block per work item (item = group * parts + part, parts = ceil(per_group / chunk)), so that
+// per-block partial sums are the same whatever the thread count.
+template <typename F>
+void ForRowBlocks(ffi::ThreadPool& pool, const RowShape& s, int64_t chunk, F rows) {
+  const int64_t parts = (s.per_group + chunk - 1) / chunk;
+  ParallelFor(pool, s.groups * parts, [=](int64_t item) {
+    const int64_t g = item / parts, first = g * s.per_group + (item % parts) * chunk;
+    rows(g, first, std::min((g + 1) * s.per_group, first + chunk), item);
+  });
 }
 
 }  // namespace jaxmia

@@ -28,31 +28,14 @@ using jaxmia::Dropout;
 using jaxmia::KeepFactors;
 using jaxmia::Load;
 using jaxmia::ParallelFor;
+using jaxmia::RowShape;
 using jaxmia::Store;
 using jaxmia::Sum;
 using jaxmia::V16;
 constexpr int kLanes = jaxmia::kLanes;
 
-struct Rows {
-  int64_t rows, d, groups, per_group;
-};
-
-ffi::Error ReadRows(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& scale, Rows* r) {
-  auto dims = x.dimensions();
-  if (dims.size() < 1) return ffi::Error::InvalidArgument("add_layernorm: x must be [..., D]");
-  r->d = dims[dims.size() - 1];
-  if (r->d % kLanes != 0 || r->d < kLanes || r->d > 8 * kLanes)
-    return ffi::Error::InvalidArgument("add_layernorm: D must be 16, 32, ..., 128");
-  r->rows = x.element_count() / r->d;
-  r->groups = scale.element_count() / r->d;
-  if (r->groups < 1 || r->rows % r->groups != 0)
-    return ffi::Error::InvalidArgument("add_layernorm: one scale row per model is needed");
-  r->per_group = r->rows / r->groups;
-  return ffi::Error::Success();
-}
-
 template <int NV>
-void ForwardRow(const Rows& s, const float* xp, const float* bp, const float* scalep,
+void ForwardRow(const RowShape& s, const float* xp, const float* bp, const float* scalep,
                 const float* biasp, const Dropout& drop, float eps, float* yp, float* hp,
                 float* rp, int64_t row) {
   constexpr int D = NV * kLanes;
@@ -112,21 +95,6 @@ void BackwardRows(const float* dyp, const float* hp, const float* rp, const floa
   }
 }
 
-// Calls body(NV) with NV = D / 16 as a compile-time constant (D checked by ReadRows).
-template <typename Body>
-void ForWidth(const Rows& s, Body body) {
-  switch (s.d / kLanes) {
-    case 1: body(std::integral_constant<int, 1>()); break;
-    case 2: body(std::integral_constant<int, 2>()); break;
-    case 3: body(std::integral_constant<int, 3>()); break;
-    case 4: body(std::integral_constant<int, 4>()); break;
-    case 5: body(std::integral_constant<int, 5>()); break;
-    case 6: body(std::integral_constant<int, 6>()); break;
-    case 7: body(std::integral_constant<int, 7>()); break;
-    default: body(std::integral_constant<int, 8>()); break;
-  }
-}
-
 constexpr int64_t kForwardRows = 32;  // rows per forward work item
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -135,8 +103,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                        ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> xhat,
                        ffi::ResultBuffer<ffi::F32> rstd, float eps, float keep, float inv_keep,
                        int32_t use_dropout) {
-  Rows s;
-  if (auto err = ReadRows(x, scale, &s); err.failure()) return err;
+  RowShape s;
+  if (auto err = jaxmia::ReadRows(x, scale, "add_layernorm", &s); err.failure()) return err;
   if (branch.element_count() != x.element_count() || bias.element_count() != scale.element_count())
     return ffi::Error::InvalidArgument("add_layernorm: branch must match x, bias must match scale");
   Dropout drop;
@@ -147,7 +115,7 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float *xp = x.typed_data(), *bp = branch.typed_data(), *sp = scale.typed_data(),
               *biasp = bias.typed_data();
   float *yp = y->typed_data(), *hp = xhat->typed_data(), *rp = rstd->typed_data();
-  ForWidth(s, [&](auto nv) {
+  jaxmia::ForWidth(s, [&](auto nv) {
     const int64_t items = (s.rows + kForwardRows - 1) / kForwardRows;
     ParallelFor(pool, items, [=](int64_t item) {
       const int64_t end = std::min(s.rows, (item + 1) * kForwardRows);
@@ -164,8 +132,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
                         ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dbranch,
                         ffi::ResultBuffer<ffi::F32> dscale, ffi::ResultBuffer<ffi::F32> dbias,
                         float keep, float inv_keep, int32_t use_dropout, int64_t chunk) {
-  Rows s;
-  if (auto err = ReadRows(xhat, scale, &s); err.failure()) return err;
+  RowShape s;
+  if (auto err = jaxmia::ReadRows(xhat, scale, "add_layernorm", &s); err.failure()) return err;
   if (chunk < 1) return ffi::Error::InvalidArgument("add_layernorm: chunk must be positive");
   const int64_t parts = (s.per_group + chunk - 1) / chunk;
   if (dscale->element_count() != s.groups * parts * s.d ||
@@ -180,11 +148,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
               *sp = scale.typed_data();
   float *dxp = dx->typed_data(), *dbp = dbranch->typed_data(), *dsp = dscale->typed_data(),
         *dbiasp = dbias->typed_data();
-  ForWidth(s, [&](auto nv) {
-    ParallelFor(pool, s.groups * parts, [=](int64_t item) {
-      const int64_t g = item / parts, p = item % parts;
-      const int64_t first = g * s.per_group + p * chunk;
-      const int64_t end = std::min((g + 1) * s.per_group, first + chunk);
+  jaxmia::ForWidth(s, [&](auto nv) {
+    jaxmia::ForRowBlocks(pool, s, chunk, [=](int64_t g, int64_t first, int64_t end, int64_t item) {
       BackwardRows<decltype(nv)::value>(dyp, hp, rp, sp + g * s.d, drop, first, end, dxp, dbp,
                                         dsp + item * s.d, dbiasp + item * s.d);
     });

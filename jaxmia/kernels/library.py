@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from absl import logging
 
 HERE = Path(__file__).parent
-SOURCES = (HERE / "attention.cc", HERE / "layernorm.cc")
+SOURCES = (HERE / "attention.cc", HERE / "layernorm.cc", HERE / "gelu.cc")
 HEADERS = (HERE / "common.h",)
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 # XLA FFI target name -> exported handler symbol.
@@ -32,6 +32,8 @@ TARGETS = {
     "jaxmia_attention_backward": "JaxmiaAttentionBackward",
     "jaxmia_add_layernorm_forward": "JaxmiaAddLayerNormForward",
     "jaxmia_add_layernorm_backward": "JaxmiaAddLayerNormBackward",
+    "jaxmia_bias_gelu_dropout_forward": "JaxmiaBiasGeluDropoutForward",
+    "jaxmia_bias_gelu_dropout_backward": "JaxmiaBiasGeluDropoutBackward",
 }
 
 
