@@ -97,7 +97,7 @@ def _make_fast(name):
     if name not in FAST_CLASSIFIERS:
         return attacks.REGISTRY[name]()
     if name == "samia":
-        return samia.make(config=dataclasses.replace(classifier.TRAIN, epochs=8))
+        return samia.make(config=dataclasses.replace(samia.TRAIN, epochs=8))
     if name == "grip_nn":
         return grip_nn.make(config=dataclasses.replace(grip_nn.TRAIN, epochs=8))
     if name.startswith("sparsity"):

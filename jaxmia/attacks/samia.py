@@ -16,6 +16,8 @@ every layer draws its own weights (Xavier-uniform, PyTorch's own default for att
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 from flax import linen as nn
@@ -127,7 +129,13 @@ def attack_inputs(f: Features) -> np.ndarray:
                            np.asarray(f["sensitivity"], np.float32), classifier.onehot(f)], axis=-1)
 
 
-def make(seed: int = 0, config=classifier.TRAIN, epochs: int | None = None) -> Attack:
+# The classifier attacks' training, as one model in the 'fused' layout: for a single model every
+# layout computes the same function, and on XLA:CPU the 'looped' default (a lax.map around the
+# epoch's scan, which suits the MLP attacks) made SAMIA's epoch 25-35% slower (BUILD_NOTES.md).
+TRAIN = dataclasses.replace(classifier.TRAIN, ensemble_mode="fused")
+
+
+def make(seed: int = 0, config=TRAIN, epochs: int | None = None) -> Attack:
     config = classifier.with_epochs(config, epochs)
     def fit(shadow: Features, is_member: np.ndarray):
         module = SAMIA(num_classes=shadow["probs"].shape[-1])
