@@ -218,17 +218,8 @@ void Backward(const Shape& s, const float* qp, const float* kp, const float* vp,
 template <typename Body>
 ffi::Error ForLength(const Shape& s, Body body) {
   if (s.d != kHead) return ffi::Error::InvalidArgument("attention: head size must be 16");
-  switch ((s.t + kHead - 1) / kHead) {
-    case 1: body(std::integral_constant<int, 1>()); break;
-    case 2: body(std::integral_constant<int, 2>()); break;
-    case 3: body(std::integral_constant<int, 3>()); break;
-    case 4: body(std::integral_constant<int, 4>()); break;
-    case 5: body(std::integral_constant<int, 5>()); break;
-    case 6: body(std::integral_constant<int, 6>()); break;
-    case 7: body(std::integral_constant<int, 7>()); break;
-    case 8: body(std::integral_constant<int, 8>()); break;
-    default: return ffi::Error::InvalidArgument("attention: sequence length must be 1..128");
-  }
+  if (!jaxmia::WithVectors((s.t + kHead - 1) / kHead, body))
+    return ffi::Error::InvalidArgument("attention: sequence length must be 1..128");
   return ffi::Error::Success();
 }
 

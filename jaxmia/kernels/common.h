@@ -192,19 +192,27 @@ inline ffi::Error ReadRows(ffi::Buffer<ffi::F32>& x, ffi::Buffer<ffi::F32>& para
   return ffi::Error::Success();
 }
 
+// Calls body(NV) with NV (1..8: rows of up to 128 floats) as a compile-time constant; false
+// (body not called) for any other NV.
+template <typename Body>
+bool WithVectors(int64_t nv, Body body) {
+  switch (nv) {
+    case 1: body(std::integral_constant<int, 1>()); return true;
+    case 2: body(std::integral_constant<int, 2>()); return true;
+    case 3: body(std::integral_constant<int, 3>()); return true;
+    case 4: body(std::integral_constant<int, 4>()); return true;
+    case 5: body(std::integral_constant<int, 5>()); return true;
+    case 6: body(std::integral_constant<int, 6>()); return true;
+    case 7: body(std::integral_constant<int, 7>()); return true;
+    case 8: body(std::integral_constant<int, 8>()); return true;
+    default: return false;
+  }
+}
+
 // Calls body(NV) with NV = D / 16 (1..8, checked by ReadRows) as a compile-time constant.
 template <typename Body>
 void ForWidth(const RowShape& s, Body body) {
-  switch (s.d / kLanes) {
-    case 1: body(std::integral_constant<int, 1>()); break;
-    case 2: body(std::integral_constant<int, 2>()); break;
-    case 3: body(std::integral_constant<int, 3>()); break;
-    case 4: body(std::integral_constant<int, 4>()); break;
-    case 5: body(std::integral_constant<int, 5>()); break;
-    case 6: body(std::integral_constant<int, 6>()); break;
-    case 7: body(std::integral_constant<int, 7>()); break;
-    default: body(std::integral_constant<int, 8>()); break;
-  }
+  WithVectors(s.d / kLanes, body);
 }
 
 // Runs rows(group, first, end, item) over blocks of at most `chunk` rows of each group, one
