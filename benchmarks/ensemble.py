@@ -1,5 +1,6 @@
 r"""Training many shadow models: together in one jaxmia ensemble, one after another in jaxmia, and
-one after another in PyTorch the way the research code does (a DataLoader loop per model).
+one after another in PyTorch the way the research code does (a DataLoader loop per model, as
+mia_prune's ``BaseModel.train``).
 
 Workload (issue #5 §4): K tabular MLPs 600 -> 256 -> 128 -> 100 (ReLU, no dropout), batch 128,
 Adam lr 1e-3, each model on its own shuffle of the same synthetic rows, ``--steps`` steps per
@@ -155,11 +156,21 @@ def worker_torch(k: int, steps: int) -> tuple[float, float]:
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def run():
-        for net, opt in nets:  # the research code: one model after another
+        # mia_prune's BaseModel.train, one model after another: each step also keeps the
+        # epoch's loss and accuracy (jaxmia's epoch sums the same two inside its step).
+        for net, opt in nets:
+            net.train()
+            total_loss, correct, total = 0.0, 0, 0
             for xb, yb in loader:
+                xb, yb = xb.to("cpu"), yb.to("cpu")
                 opt.zero_grad()
-                loss_fn(net(xb), yb).backward()
+                out = net(xb)
+                loss = loss_fn(out, yb)
+                loss.backward()
                 opt.step()
+                total_loss += loss.item() * yb.size(0)
+                total += yb.size(0)
+                correct += out.max(1)[1].eq(yb).sum().item()
 
     return _best_of(run)
 

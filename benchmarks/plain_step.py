@@ -9,12 +9,20 @@ library's step costs over the bare arithmetic and which layout XLA runs fastest.
 
 Prints model-steps per CPU-second (best of 3 epochs of ``--steps`` steps after a warm-up), then
 the throughput of one dense product's forward and backward at the step's and at a wider shape
-(the arithmetic ceiling the layouts are measured against).
+(the arithmetic ceiling the layouts are measured against). ``--trace`` also profiles one model's
+epoch with ``jax.profiler`` and prints where a step's time goes, op by op (XLA:CPU names its
+thunks after the optimized HLO's instructions: ``ynn_fusion`` / ``dot`` are the products,
+``multiply_add_fusion`` the Adam update).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
+import json
+import tempfile
 import time
 
 import jax
@@ -57,10 +65,32 @@ def epoch(params, opt_state, xs, ys):
     return jax.lax.scan(step, (params, opt_state), (xs, ys))[0]
 
 
+def trace_ops(run, steps, top=16):
+    """Per-step time of each XLA:CPU op over 5 calls of ``run`` (each ``steps`` steps)."""
+    with tempfile.TemporaryDirectory() as folder:
+        jax.profiler.start_trace(folder)
+        for _ in range(5):
+            jax.block_until_ready(run())
+        jax.profiler.stop_trace()
+        path = sorted(glob.glob(f"{folder}/**/*.trace.json.gz", recursive=True))[-1]
+        with gzip.open(path) as f:
+            events = json.load(f)["traceEvents"]
+    per_op = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        if e.get("ph") == "X" and not name.startswith(("$", "end:", "while")) and \
+                "Thunk" not in name and "Pjit" not in name and "PjRt" not in name:
+            per_op[name] += e["dur"] / (5 * steps)
+    print(f"one model's step, op by op (us per step; all ops: {sum(per_op.values()):.0f} us)")
+    for name, us in per_op.most_common(top):
+        print(f"{us:8.1f} us  {name}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", type=int, default=8)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--trace", action="store_true", help="also print a step's time op by op")
     args = ap.parse_args()
     k, n = args.models, args.steps * BATCH
     rng = np.random.default_rng(0)
@@ -86,6 +116,8 @@ def main():
             jax.block_until_ready(run())
             best = min(best, time.process_time() - t)
         print(f"{name:<6}{k * args.steps / best:8.0f} model-steps/s", flush=True)
+    if args.trace:
+        trace_ops(lambda: one(*per_model[0]), args.steps)
     for m, kk, n in ((BATCH, 600, 256), (3840, 64, 192)):
         a = jnp.asarray(rng.standard_normal((m, kk)).astype(np.float32))
         b = jnp.asarray(rng.standard_normal((kk, n)).astype(np.float32))

@@ -421,7 +421,8 @@ def run(cfg: AuditConfig) -> dict:
     splits = data.mia_prune_splits(len(ds), cfg.num_shadows, cfg.seed)
     timing["load_data"] = time.perf_counter() - t0
 
-    os.makedirs(cfg.workdir, exist_ok=True)
+    io.claim_workdir(cfg.workdir)
+    check_workdir(cfg)  # again, under the lock: a run that ended meanwhile may have written
     io.write_json(os.path.join(cfg.workdir, "config.json"),
                   {"fingerprint": cfg.fingerprint(), "config": dataclasses.asdict(cfg)})
     io.write_json(os.path.join(cfg.workdir, "splits.json"),

@@ -16,9 +16,10 @@ class Model(NamedTuple):
 
     Attributes:
       init: ``init(key) -> (params, state)``.
-      apply: ``apply(params, state, x, *, train, key=None) -> (logits, new_state)``. ``key`` drives
-        dropout when ``train`` is true; ``new_state`` holds updated BatchNorm statistics in training
-        and equals ``state`` otherwise.
+      apply: ``apply(params, state, x, *, train, key=None, rows=None) -> (logits, new_state)``.
+        ``key`` drives dropout when ``train`` is true; ``new_state`` holds updated BatchNorm
+        statistics in training and equals ``state`` otherwise; ``rows`` (``[B]`` bool) marks the
+        real rows of a padded training batch, the only ones BatchNorm's statistics see.
       name: registry name of the architecture.
       has_batchnorm: whether ``state`` carries BatchNorm statistics (DP training refuses these).
     """

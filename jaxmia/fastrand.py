@@ -64,6 +64,14 @@ def bernoulli(key: jax.Array, p: float, shape, offset=0) -> jax.Array:
     return uniform(key, shape, offset=offset) < p
 
 
+def dropout(key: jax.Array, rate: float, x: jax.Array) -> jax.Array:
+    """Inverted dropout (PyTorch's semantics): each entry of ``x`` is zeroed with probability
+    ``rate`` (mask ``bernoulli(key, 1 - rate, x.shape)``) and the kept ones are scaled by
+    ``1 / (1 - rate)``. The CPU kernels of :mod:`jaxmia.kernels` draw this same mask."""
+    keep = bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
 def normal(key: jax.Array, shape, dtype=jnp.float32, offset=0) -> jax.Array:
     """Standard normals: sqrt(2) erf^-1(2u - 1) with u the 24-bit uniform shifted to (0, 1)."""
     centred = ((bits(key, shape, offset) >> 8).astype(jnp.float32) + 0.5) * (2.0 * _SCALE) - 1.0

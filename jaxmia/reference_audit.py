@@ -142,13 +142,13 @@ def run(cfg: StudyConfig) -> dict:
                              "rmia_offline_a", "checkpoint_every", "query_shift",
                              "query_stride")}
     config_path = os.path.join(cfg.workdir, "config.json")
+    io.claim_workdir(cfg.workdir)  # nothing after this can refuse a folder it created
     if os.path.isfile(config_path):
         with open(config_path) as f:
             previous = json.load(f)
         if previous.get("settings") != settings:
             raise UserError(f"workdir {cfg.workdir} holds another study (settings differ); "
                             "pass a fresh --workdir or delete that folder")
-    os.makedirs(cfg.workdir, exist_ok=True)
     io.write_json(config_path, {"settings": settings, "config": dataclasses.asdict(cfg)})
     metrics_path = os.path.join(cfg.workdir, "metrics.jsonl")
     ckpt = os.path.join(cfg.workdir, "ckpt")

@@ -20,8 +20,9 @@ With ``TrainConfig.dp`` the same loop runs DP-SGD (:mod:`jaxmia.dp`): batches be
 Poisson samples padded to whole physical batches, and the step's gradient is clipped per example
 and noised.
 
-Sharp edge: the last batch of an epoch is padded to the fixed batch size; padded rows carry zero
-loss weight, but BatchNorm's batch statistics in that one step still see them.
+The last batch of an epoch is padded to the fixed batch size; padded rows carry zero loss
+weight, and BatchNorm's batch statistics skip them (``Model.apply``'s ``rows``), so a model
+trains as on PyTorch's shorter last batch.
 """
 
 from __future__ import annotations
@@ -254,7 +255,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
 
     def loss_fn(params, state, x, y, weight, key):
         logits, new_model_state = model.apply(pruning.apply_masks(params, state.masks, masked),
-                                              state.model_state, x, train=True, key=key)
+                                              state.model_state, x, train=True, key=key,
+                                              rows=weight > 0)
         per_example = loss_of(logits, y)
         n = jnp.sum(weight)
         total = jnp.sum(weight * per_example) / jnp.maximum(n, 1.0)

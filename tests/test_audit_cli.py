@@ -1,5 +1,6 @@
 """End to end: the audit CLI on digits, its outputs, resume, and one-line errors on bad input."""
 
+import fcntl
 import json
 import os
 import subprocess
@@ -8,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from jaxmia import attacks
+from jaxmia import attacks, io
 from tests.conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, "experiments", "audit.py")
@@ -117,6 +118,19 @@ def test_foreign_checkpoint_without_config_is_refused(tmp_path):
     r = _run(f"--workdir={work}", *FAST)
     assert r.returncode == 2 and "holds a checkpoint but no config.json" in r.stderr
     assert sorted(os.listdir(work)) == ["ckpt"]
+
+
+def test_workdir_in_use_by_another_run_is_refused(tmp_path):
+    # This test process plays the running audit: it holds the workdir's lock, as a run does.
+    work = tmp_path / "w"
+    work.mkdir()
+    with open(work / io.LOCK_NAME, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        r = _run(f"--workdir={work}", *FAST)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and f"workdir {work} is in use by another run" in err[0], r.stderr
+    assert sorted(os.listdir(work)) == [io.LOCK_NAME]  # nothing written
 
 
 def test_unknown_pruning_knowledge_reports_the_attack_accuracy_loss(tmp_path):

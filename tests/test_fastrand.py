@@ -35,3 +35,16 @@ def test_offset_draws_continue_the_stream():
     whole = fastrand.normal(key, (10, 6))
     parts = [fastrand.normal(key, (4, 6)), fastrand.normal(key, (6, 6), offset=24)]
     np.testing.assert_array_equal(whole, np.concatenate(parts))
+
+
+def test_dropout_zeroes_at_the_rate_and_rescales_the_rest():
+    key, rate = jax.random.key(6), 0.3
+    x = np.linspace(1.0, 2.0, 60_000, dtype=np.float32).reshape(200, 300)
+    y = np.asarray(fastrand.dropout(key, rate, x))
+    kept = np.asarray(fastrand.bernoulli(key, 1.0 - rate, x.shape))
+    # The mask is bernoulli's of the same key and shape (the kernels draw the same one) ...
+    np.testing.assert_array_equal(y != 0, kept)
+    # ... kept entries are x / (1 - rate), exactly as PyTorch's inverted dropout scales them.
+    np.testing.assert_allclose(y[kept], x[kept] / 0.7, rtol=1e-6)
+    # 60,000 draws: the zero fraction is within 5 standard errors (0.0094) of the rate.
+    assert abs((y == 0).mean() - rate) < 5 * np.sqrt(rate * (1 - rate) / x.size)

@@ -161,7 +161,8 @@ def test_train_step_weighted_loss_matches_unpadded_mean():
     st = training.TrainState(step=jnp.int32(0), params=params, masks=pruning.ones_like(params),
                              model_state=state, opt_state=tx.init(params))
     step = training.make_train_step(model._replace(
-        apply=lambda p, s, x, train, key=None: model.apply(p, s, x, train=False)), tx)
+        apply=lambda p, s, x, train, key=None, rows=None: model.apply(p, s, x, train=False)),
+        tx)
     x = jax.random.normal(jax.random.key(1), (5, 4))
     y = jnp.array([0, 1, 2, 0, 1])
     padded, m1 = step(st, jnp.concatenate([x, x[:3]]), jnp.concatenate([y, y[:3]]),
@@ -241,6 +242,32 @@ def test_keep_last_returns_final_params():
     assert not np.allclose(jax.tree.leaves(last.params)[0], jax.tree.leaves(longer.params)[0])
 
 
+def test_batchnorm_statistics_skip_padded_rows():
+    # A BatchNorm CNN's step on 5 real rows padded to 8 (the padding far off the data, so it
+    # would drag the batch mean and variance) must equal its step on the 5 rows alone, as
+    # PyTorch's on a DataLoader's shorter last batch: the same update and running statistics.
+    model = models.make("small_cnn", 3, (8, 8, 1), norm="batch")
+    params, state = model.init(jax.random.key(0))
+    tx = training.make_optimizer(training.TrainConfig())
+    st = training.TrainState(step=jnp.int32(0), params=params, masks=pruning.ones_like(params),
+                             model_state=state, opt_state=tx.init(params))
+    step = jax.jit(training.make_train_step(model, tx))
+    x = jax.random.normal(jax.random.key(1), (5, 8, 8, 1))
+    y = jnp.array([0, 1, 2, 0, 1])
+    pad = 50.0 + jax.random.normal(jax.random.key(3), (3, 8, 8, 1))
+    padded, m1 = step(st, jnp.concatenate([x, pad]), jnp.concatenate([y, y[:3]]),
+                      jnp.array([1.0] * 5 + [0.0] * 3), jax.random.key(2))
+    plain, m2 = step(st, x, y, jnp.ones(5), jax.random.key(2))
+    for a, b in ((padded.params, plain.params), (padded.model_state, plain.model_state)):
+        jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), a, b)
+    np.testing.assert_allclose(m1["loss_sum"], m2["loss_sum"], rtol=1e-5)
+    # Without the row mask the padding does move the statistics (what the mask prevents).
+    _, unmasked = model.apply(params, state, jnp.concatenate([x, pad]), train=True)
+    assert not np.allclose(unmasked["batch_stats"]["Norm_0"]["BatchNorm"]["mean"],
+                           plain.model_state["batch_stats"]["Norm_0"]["BatchNorm"]["mean"],
+                           atol=1e-3)
+
+
 def test_sigmoid_mse_loss_hand_worked():
     # One-logit model z = 0 for every input: sigmoid 0.5, so the loss is 0.25 whatever y in {0, 1};
     # z >= 0 predicts class 1, so accuracy counts the y = 1 rows.
@@ -251,7 +278,8 @@ def test_sigmoid_mse_loss_hand_worked():
     st = training.TrainState(step=jnp.int32(0), params=params, masks=pruning.ones_like(params),
                              model_state=state, opt_state=tx.init(params))
     step = training.make_train_step(model._replace(
-        apply=lambda p, s, x, train, key=None: model.apply(p, s, x, train=False)), tx,
+        apply=lambda p, s, x, train, key=None, rows=None: model.apply(p, s, x, train=False)),
+        tx,
         loss="sigmoid_mse")
     _, m = step(st, jnp.ones((4, 2)), jnp.array([1, 0, 1, 1]), jnp.ones(4), jax.random.key(1))
     np.testing.assert_allclose(m["loss_sum"], 4 * 0.25, rtol=1e-6)

@@ -25,6 +25,7 @@ from flax import linen as nn
 from jaxmia.attacks import classifier
 from jaxmia.attacks.base import Attack, Features
 from jaxmia.kernels import attention, gelu, layernorm
+from jaxmia.models import layers
 
 D_MODEL, HEADS, FEED_FORWARD, LAYERS, DROPOUT = 64, 4, 128, 3, 0.2
 _dense = nn.initializers.xavier_uniform()
@@ -102,9 +103,10 @@ class SAMIA(nn.Module):
     num_classes: int
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, rows=None):
         c = self.num_classes
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x)
+        mask = None if rows is None or not train else layers.batch_mask(rows, x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x, mask=mask)
         h = _gelu(nn.Dense(D_MODEL, kernel_init=_dense)(to_tokens(x, c)))
         for _ in range(LAYERS):
             h = EncoderLayer()(h, train)

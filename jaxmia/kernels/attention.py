@@ -41,16 +41,15 @@ def reference(q, k, v, dropout_key=None, rate: float = 0.0):
 
     logits = jax.lax.batch_matmul(heads(q), heads(k).swapaxes(-1, -2)) / jnp.sqrt(float(d))
     weights = jax.nn.softmax(logits, axis=-1)
-    if dropout_key is not None:
-        keep = fastrand.bernoulli(dropout_key, 1.0 - rate, (*lead, h, t, t))
-        weights = jnp.where(keep.reshape(weights.shape), weights / (1.0 - rate), 0.0)
+    if dropout_key is not None:  # the mask of the [..., H, T, T] weights, flattened alike
+        weights = fastrand.dropout(dropout_key, rate, weights)
     out = jax.lax.batch_matmul(weights, heads(v)).reshape(*lead, h, t, d)
     return jnp.moveaxis(out, -3, -2)
 
 
 def _attrs(q, rate, use_dropout):
-    return dict(scale=np.float32(1.0 / np.sqrt(q.shape[-1])), keep=np.float32(1.0 - rate),
-                inv_keep=np.float32(1.0 / (1.0 - rate)), use_dropout=np.int32(use_dropout))
+    return dict(scale=np.float32(1.0 / np.sqrt(q.shape[-1])),
+                **library.dropout_attrs(rate, use_dropout))
 
 
 def _forward_call(q, k, v, seeds, rate, use_dropout):
@@ -94,15 +93,6 @@ def supported(q) -> bool:
 def attention(q, k, v, dropout_key=None, rate: float = 0.0):
     """Same contract and result as :func:`reference`; the CPU kernel where it is available
     and :func:`supported`."""
-    if not supported(q) or not library.available():
+    if not supported(q):
         return reference(q, k, v, dropout_key, rate)
-    use_dropout = dropout_key is not None
-    seeds = fastrand.seed_words(dropout_key) if use_dropout else jnp.zeros((2,), jnp.uint32)
-
-    def kernel(q, k, v, seeds):
-        return _kernel(q, k, v, seeds, float(rate), use_dropout)
-
-    def pure(q, k, v, seeds):
-        return reference(q, k, v, dropout_key, rate)
-
-    return jax.lax.platform_dependent(q, k, v, seeds, cpu=kernel, default=pure)
+    return library.call(_kernel, reference, (q, k, v), dropout_key, rate)

@@ -36,21 +36,13 @@ def reference(z, bias, dropout_key=None, rate: float = 0.0):
     z.shape)``, kept values scaled by ``1 / (1 - rate)``); no dropout when ``dropout_key`` is
     None."""
     y = jax.nn.gelu(z + bias, approximate=False)
-    if dropout_key is None:
-        return y
-    keep = fastrand.bernoulli(dropout_key, 1.0 - rate, z.shape)
-    return jnp.where(keep, y / (1.0 - rate), jnp.zeros_like(y))
-
-
-def _attrs(rate, use_dropout):
-    return dict(keep=np.float32(1.0 - rate), inv_keep=np.float32(1.0 / (1.0 - rate)),
-                use_dropout=np.int32(use_dropout))
+    return y if dropout_key is None else fastrand.dropout(dropout_key, rate, y)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def _kernel(z, bias, seeds, rate, use_dropout):
     return jax.ffi.ffi_call(_FORWARD, library.result(z.shape, z), vmap_method="broadcast_all")(
-        z, bias, seeds, **_attrs(rate, use_dropout))
+        z, bias, seeds, **library.dropout_attrs(rate, use_dropout))
 
 
 def _kernel_fwd(z, bias, seeds, rate, use_dropout):
@@ -62,7 +54,8 @@ def _kernel_bwd(rate, use_dropout, residuals, g):
     parts = -(-math.prod(z.shape[:-1]) // CHUNK)
     types = (library.result(z.shape, z), library.result((parts, z.shape[-1]), z))
     dz, dbias = jax.ffi.ffi_call(_BACKWARD, types, vmap_method="broadcast_all")(
-        g.astype(jnp.float32), z, bias, seeds, chunk=np.int64(CHUNK), **_attrs(rate, use_dropout))
+        g.astype(jnp.float32), z, bias, seeds, chunk=np.int64(CHUNK),
+        **library.dropout_attrs(rate, use_dropout))
     return dz, jnp.sum(dbias, axis=0), None
 
 
@@ -81,15 +74,6 @@ def supported(z, bias) -> bool:
 def bias_gelu_dropout(z, bias, dropout_key=None, rate: float = 0.0):
     """Same contract and result as :func:`reference`; the CPU kernel where it is available and
     :func:`supported`."""
-    if not supported(z, bias) or not library.available():
+    if not supported(z, bias):
         return reference(z, bias, dropout_key, rate)
-    use_dropout = dropout_key is not None
-    seeds = fastrand.seed_words(dropout_key) if use_dropout else jnp.zeros((2,), jnp.uint32)
-
-    def kernel(z, bias, seeds):
-        return _kernel(z, bias, seeds, float(rate), use_dropout)
-
-    def pure(z, bias, seeds):
-        return reference(z, bias, dropout_key, rate)
-
-    return jax.lax.platform_dependent(z, bias, seeds, cpu=kernel, default=pure)
+    return library.call(_kernel, reference, (z, bias), dropout_key, rate)

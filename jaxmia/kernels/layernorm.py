@@ -36,8 +36,7 @@ def reference(x, branch, scale, bias, dropout_key=None, rate: float = 0.0, eps: 
     probability ``rate`` (mask ``fastrand.bernoulli(dropout_key, 1 - rate, branch.shape)``) and
     scales the kept ones by ``1 / (1 - rate)``; no dropout when ``dropout_key`` is None."""
     if dropout_key is not None:
-        keep = fastrand.bernoulli(dropout_key, 1.0 - rate, branch.shape)
-        branch = jnp.where(keep, branch / (1.0 - rate), jnp.zeros_like(branch))
+        branch = fastrand.dropout(dropout_key, rate, branch)
     z = x + branch
     mean = jnp.mean(z, axis=-1, keepdims=True)
     centred = z - mean
@@ -45,16 +44,12 @@ def reference(x, branch, scale, bias, dropout_key=None, rate: float = 0.0, eps: 
     return centred * jax.lax.rsqrt(var + eps) * scale + bias
 
 
-def _attrs(rate, use_dropout):
-    return dict(keep=np.float32(1.0 - rate), inv_keep=np.float32(1.0 / (1.0 - rate)),
-                use_dropout=np.int32(use_dropout))
-
-
 def _forward_call(x, branch, scale, bias, seeds, rate, use_dropout, eps):
     types = (library.result(x.shape, x), library.result(x.shape, x),
              library.result(x.shape[:-1], x))
     return jax.ffi.ffi_call(_FORWARD, types, vmap_method="broadcast_all")(
-        x, branch, scale, bias, seeds, eps=np.float32(eps), **_attrs(rate, use_dropout))
+        x, branch, scale, bias, seeds, eps=np.float32(eps),
+        **library.dropout_attrs(rate, use_dropout))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
@@ -75,7 +70,7 @@ def _kernel_bwd(rate, use_dropout, eps, residuals, g):
              library.result((parts, xhat.shape[-1]), xhat))
     dx, dbranch, dscale, dbias = jax.ffi.ffi_call(_BACKWARD, types, vmap_method="broadcast_all")(
         g.astype(jnp.float32), xhat, rstd, scale, seeds, chunk=np.int64(CHUNK),
-        **_attrs(rate, use_dropout))
+        **library.dropout_attrs(rate, use_dropout))
     return dx, dbranch, jnp.sum(dscale, axis=0), jnp.sum(dbias, axis=0), None
 
 
@@ -96,15 +91,7 @@ def add_layernorm(x, branch, scale, bias, dropout_key=None, rate: float = 0.0,
                   eps: float = 1e-5):
     """Same contract and result as :func:`reference`; the CPU kernel where it is available
     and :func:`supported`."""
-    if not supported(x, branch, scale, bias) or not library.available():
+    if not supported(x, branch, scale, bias):
         return reference(x, branch, scale, bias, dropout_key, rate, eps)
-    use_dropout = dropout_key is not None
-    seeds = fastrand.seed_words(dropout_key) if use_dropout else jnp.zeros((2,), jnp.uint32)
-
-    def kernel(x, branch, scale, bias, seeds):
-        return _kernel(x, branch, scale, bias, seeds, float(rate), use_dropout, float(eps))
-
-    def pure(x, branch, scale, bias, seeds):
-        return reference(x, branch, scale, bias, dropout_key, rate, eps)
-
-    return jax.lax.platform_dependent(x, branch, scale, bias, seeds, cpu=kernel, default=pure)
+    return library.call(_kernel, reference, (x, branch, scale, bias), dropout_key, rate,
+                        float(eps))

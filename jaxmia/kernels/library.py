@@ -6,6 +6,11 @@ into ``$JAXMIA_KERNEL_CACHE`` (default ``~/.cache/jaxmia/kernels``), under a nam
 sources, the flags, the JAX version and the CPU's feature flags; the file is written atomically.
 With no compiler, or ``JAXMIA_KERNELS=0``, :func:`available` is False and every kernel module
 runs its pure-JAX reference instead.
+
+Every kernel module follows one convention, which :func:`call` relies on: ``reference(*arrays,
+dropout_key, rate, *static)`` is the pure-JAX function, and ``kernel(*arrays, seeds, rate,
+use_dropout, *static)`` its custom-call twin, drawing the dropout mask from ``seeds`` (the key's
+two ``fastrand.seed_words``) exactly as ``fastrand.dropout`` does.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
+
+from jaxmia import fastrand
 
 HERE = Path(__file__).parent
 SOURCES = (HERE / "attention.cc", HERE / "layernorm.cc", HERE / "gelu.cc")
@@ -118,3 +126,27 @@ def result(shape, like, dtype=jnp.float32):
     """A result type of ``shape`` that varies over the same manual (``shard_map``) axes as
     ``like``."""
     return jax.typeof(like).update(shape=tuple(shape), dtype=jnp.dtype(dtype))
+
+
+def dropout_attrs(rate: float, use_dropout: bool) -> dict:
+    """The FFI attributes every kernel reads for its dropout (see ``common.h``'s KeepFactors)."""
+    return {"keep": np.float32(1.0 - rate), "inv_keep": np.float32(1.0 / (1.0 - rate)),
+            "use_dropout": np.int32(use_dropout)}
+
+
+def call(kernel, reference, arrays, dropout_key, rate: float, *static):
+    """``kernel`` on CPU when the library is :func:`available`, ``reference`` on other
+    platforms or without it (both in the module convention above; the caller has checked the
+    kernel's ``supported``). The two compute the same function, dropout mask included."""
+    if not available():
+        return reference(*arrays, dropout_key, rate, *static)
+    use_dropout = dropout_key is not None
+    seeds = fastrand.seed_words(dropout_key) if use_dropout else jnp.zeros((2,), jnp.uint32)
+
+    def on_cpu(*args):
+        return kernel(*args, float(rate), use_dropout, *static)
+
+    def elsewhere(*args):
+        return reference(*args[:-1], dropout_key, rate, *static)
+
+    return jax.lax.platform_dependent(*arrays, seeds, cpu=on_cpu, default=elsewhere)

@@ -14,10 +14,10 @@ class SmallCNN(nn.Module):
     norm: str = "none"
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, rows=None):
         for width in (32, 64):
             x = layers.conv(width, bias=True)(x)
-            x = nn.relu(layers.Norm(self.norm)(x, train))
+            x = nn.relu(layers.Norm(self.norm)(x, train, rows))
             x = layers.max_pool_2x2(x)
         x = nn.relu(layers.dense(128)(x.reshape(x.shape[0], -1)))
         return layers.dense(self.num_classes)(x)

@@ -20,21 +20,22 @@ class DenseNet(nn.Module):
     bn_size: int = 4
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, rows=None):
         x = layers.conv(self.init_features)(x)
-        x = nn.relu(layers.Norm(self.norm)(x, train))  # norm0, relu0; pool0 is dropped for 32x32.
+        # norm0, relu0; pool0 is dropped for 32x32.
+        x = nn.relu(layers.Norm(self.norm)(x, train, rows))
         for i, n in enumerate(self.blocks):
             for _ in range(n):
-                y = nn.relu(layers.Norm(self.norm)(x, train))
+                y = nn.relu(layers.Norm(self.norm)(x, train, rows))
                 y = layers.conv(self.bn_size * self.growth, kernel=1)(y)
-                y = nn.relu(layers.Norm(self.norm)(y, train))
+                y = nn.relu(layers.Norm(self.norm)(y, train, rows))
                 y = layers.conv(self.growth)(y)
                 x = jnp.concatenate([x, y], axis=-1)
             if i < len(self.blocks) - 1:  # Transition: norm, relu, 1x1 conv halving, 2x2 avg-pool.
-                x = nn.relu(layers.Norm(self.norm)(x, train))
+                x = nn.relu(layers.Norm(self.norm)(x, train, rows))
                 x = layers.conv(x.shape[-1] // 2, kernel=1)(x)
                 x = nn.avg_pool(x, (2, 2), strides=(2, 2))
-        x = nn.relu(layers.Norm(self.norm)(x, train))
+        x = nn.relu(layers.Norm(self.norm)(x, train, rows))
         return layers.dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
 
 

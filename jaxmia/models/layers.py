@@ -23,20 +23,29 @@ class Norm(nn.Module):
 
     BatchNorm statistics couple the examples of a batch, so DP training refuses BatchNorm models;
     GroupNorm (32 groups, fewer when channels are few) is the drop-in replacement Opacus uses.
+    ``rows`` (``[B]`` bool, training only): the real rows of a padded batch; BatchNorm's batch
+    statistics, and so its running averages, are taken over those rows alone, as PyTorch's over
+    a DataLoader's shorter last batch.
     """
 
     kind: str = "batch"
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, rows=None):
         if self.kind == "batch":
+            mask = None if rows is None or not train else batch_mask(rows, x)
             return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                name="BatchNorm")(x)
+                                name="BatchNorm")(x, mask=mask)
         if self.kind == "group":
             channels = x.shape[-1]
             groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
             return nn.GroupNorm(num_groups=groups, epsilon=1e-5, name="GroupNorm")(x)
         return x
+
+
+def batch_mask(rows, x):
+    """``rows`` (``[B]``) shaped to broadcast over ``x`` (``[B, ...]``): a BatchNorm ``mask``."""
+    return rows.astype(bool).reshape(rows.shape + (1,) * (x.ndim - 1))
 
 
 def conv(features, kernel=3, stride=1, bias=False, name=None):
@@ -66,5 +75,4 @@ class Dropout(nn.Module):
     def __call__(self, x, train: bool):
         if not train or self.rate == 0.0:
             return x
-        keep = fastrand.bernoulli(self.make_rng("dropout"), 1.0 - self.rate, x.shape)
-        return jnp.where(keep, x / (1.0 - self.rate), jnp.zeros_like(x))
+        return fastrand.dropout(self.make_rng("dropout"), self.rate, x)

@@ -22,14 +22,14 @@ class BasicBlock(nn.Module):
     norm: str
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, rows=None):
         y = layers.conv(self.features, stride=self.stride)(x)
-        y = nn.relu(layers.Norm(self.norm)(y, train))
+        y = nn.relu(layers.Norm(self.norm)(y, train, rows))
         y = layers.conv(self.features)(y)
-        y = layers.Norm(self.norm)(y, train)
+        y = layers.Norm(self.norm)(y, train, rows)
         if self.stride != 1 or x.shape[-1] != self.features:
             x = layers.conv(self.features, kernel=1, stride=self.stride, name="shortcut_conv")(x)
-            x = layers.Norm(self.norm, name="shortcut_norm")(x, train)
+            x = layers.Norm(self.norm, name="shortcut_norm")(x, train, rows)
         return nn.relu(x + y)
 
 
@@ -41,14 +41,14 @@ class ResNet(nn.Module):
     stem_pool: bool = False
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, rows=None):
         x = layers.conv(self.widths[0])(x)
-        x = nn.relu(layers.Norm(self.norm)(x, train))
+        x = nn.relu(layers.Norm(self.norm)(x, train, rows))
         if self.stem_pool:  # torchvision's MaxPool2d(3, stride=2, padding=1).
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for i, (blocks, width) in enumerate(zip(self.stages, self.widths)):
             for b in range(blocks):
-                x = BasicBlock(width, 2 if (b == 0 and i > 0) else 1, self.norm)(x, train)
+                x = BasicBlock(width, 2 if (b == 0 and i > 0) else 1, self.norm)(x, train, rows)
         x = jnp.mean(x, axis=(1, 2))
         return layers.dense(self.num_classes)(x)
 

@@ -19,12 +19,12 @@ class VGG(nn.Module):
     cfg: tuple = CFG_D
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, rows=None):
         for v in self.cfg:
             if v == "M":
                 x = layers.max_pool_2x2(x)
             else:
-                x = nn.relu(layers.Norm(self.norm)(layers.conv(v, bias=True)(x), train))
+                x = nn.relu(layers.Norm(self.norm)(layers.conv(v, bias=True)(x), train, rows))
         x = jnp.mean(x, axis=(1, 2))
         for _ in range(2):
             x = layers.Dropout(0.5)(nn.relu(layers.dense(4096)(x)), train)
