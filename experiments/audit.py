@@ -76,8 +76,11 @@ flags.DEFINE_string("shadow_pruning", None, "unknown pruning knowledge: prune th
 flags.DEFINE_float("shadow_sparsity", None, "unknown pruning knowledge: shadow sparsity")
 flags.DEFINE_string("optimizer", D.optimizer, "adam | sgd (momentum 0.9); with --defense=dp "
                     "these become DP-Adam / DP-SGD")
-flags.DEFINE_string("defense", D.defense, "none | dp (DP-SGD for the target and, adaptively, "
-                    "the shadows)")
+flags.DEFINE_string("defense", D.defense, "none | dp (DP-SGD) | ppb (the pruning paper's "
+                    "pair-based posterior balancing, while fine-tuning); for the target and, "
+                    "adaptively, the shadows")
+flags.DEFINE_float("defense_strength", None, "weight of a loss-term defense (ppb: lambda; "
+                   "default 4, the paper's)")
 flags.DEFINE_float("noise_multiplier", None, "DP: noise standard deviation / clip norm")
 flags.DEFINE_float("target_epsilon", None, "DP: calibrate the noise multiplier to this epsilon "
                    "(at --delta, over the most steps the run can take)")
@@ -124,10 +127,15 @@ def main(argv):
             cfg = dataclasses.replace(cfg, num_shadows=FLAGS.num_models - 1)
         if not cfg.workdir:
             r = audit_lib.validate(cfg)
-            dp = ("" if r.defense == "none" else
-                  f"_dp{r.noise_multiplier if r.target_epsilon is None else r.target_epsilon}")
-            cfg = dataclasses.replace(
-                cfg, workdir=f"workdir/{r.dataset}_{r.model}_{r.pruning}{r.sparsity}{dp}_s{r.seed}")
+            if r.defense == "none":
+                defense = ""
+            elif r.defense == "dp":
+                level = r.noise_multiplier if r.target_epsilon is None else r.target_epsilon
+                defense = f"_dp{level}"
+            else:
+                defense = f"_{r.defense}{audit_lib.defense_strength(r)}"
+            cfg = dataclasses.replace(cfg, workdir=f"workdir/{r.dataset}_{r.model}_{r.pruning}"
+                                                   f"{r.sparsity}{defense}_s{r.seed}")
         results = audit_lib.run(cfg)
         return audit_lib.format_table(results), f"{cfg.workdir}/results.json"
 

@@ -23,6 +23,7 @@ from jaxmia import (
     attacks,
     clipping,
     data,
+    defenses,
     dp,
     features,
     io,
@@ -71,7 +72,9 @@ class AuditConfig:
     shadow_pruning: str | None = None  # unknown pruning knowledge: shadows pruned otherwise
     shadow_sparsity: float | None = None
     optimizer: str = "adam"  # 'adam' or 'sgd' (momentum 0.9); with --defense=dp: DP-Adam/DP-SGD
-    defense: str = "none"  # 'none' or 'dp' (DP-SGD; the shadows get the same settings)
+    defense: str = "none"  # 'none', 'dp' (DP-SGD) or 'ppb'; the shadows get the same settings
+    # A loss-term defense's weight (ppb: its lambda); None: the defense's default (ppb: 4).
+    defense_strength: float | None = None
     noise_multiplier: float | None = None  # DP: sigma; or give target_epsilon instead
     target_epsilon: float | None = None  # DP: calibrate sigma to this epsilon over the max steps
     clip_norm: float = 1.0  # DP: per-example clipping bound C
@@ -93,7 +96,11 @@ class AuditConfig:
         epochs = self.epochs if self.epochs is not None else (
             50 if data.is_small(self.dataset) else 100)
         finetune = self.finetune_epochs if self.finetune_epochs is not None else epochs // 2
-        return dataclasses.replace(self, model=model, epochs=epochs, finetune_epochs=finetune)
+        strength = self.defense_strength
+        if strength is None and self.defense in defenses.DEFAULT_STRENGTH:
+            strength = defenses.DEFAULT_STRENGTH[self.defense]
+        return dataclasses.replace(self, model=model, epochs=epochs, finetune_epochs=finetune,
+                                   defense_strength=strength)
 
     def fingerprint(self) -> dict:
         """The settings a checkpoint depends on (paths and attack choice excluded)."""
@@ -161,7 +168,7 @@ def validate(cfg: AuditConfig) -> AuditConfig:
     return cfg
 
 
-DEFENSES = ("none", "dp")
+DEFENSES = ("none", "dp") + tuple(defenses.REGISTRY)
 ATTACK_STAGES = ("unpruned", "pruned")
 DP_STAGES = ("all", "finetune")
 
@@ -169,6 +176,15 @@ DP_STAGES = ("all", "finetune")
 def _validate_dp(cfg: AuditConfig) -> None:
     if cfg.defense not in DEFENSES:
         raise UserError(f"unknown --defense '{cfg.defense}'; choose one of {', '.join(DEFENSES)}")
+    if cfg.defense_strength is not None and cfg.defense not in defenses.REGISTRY:
+        raise UserError(f"--defense_strength weighs a loss-term defense "
+                        f"({', '.join(defenses.REGISTRY)}), not --defense={cfg.defense}")
+    if cfg.defense in defenses.REGISTRY:
+        _defense(cfg)  # refuses a bad strength
+        if cfg.pruning == "none" or cfg.finetune_epochs == 0:
+            raise UserError(f"--defense={cfg.defense} is applied while the pruned models are "
+                            "fine-tuned (as in the pruning paper); it needs a --pruning method "
+                            "and --finetune_epochs >= 1")
     if cfg.defense != "dp":
         if cfg.noise_multiplier is not None or cfg.target_epsilon is not None:
             raise UserError("--noise_multiplier/--target_epsilon need --defense=dp")
@@ -195,6 +211,18 @@ def _validate_dp(cfg: AuditConfig) -> None:
         raise UserError("network slimming needs BatchNorm, which DP-SGD cannot train; choose "
                         "another --pruning method with --defense=dp")
     _dp_config(cfg, 1.0).validate(cfg.batch_size)
+
+
+def defense_strength(cfg: AuditConfig) -> float:
+    """The weight of ``--defense``'s loss term: ``--defense_strength`` or the defense's default."""
+    return cfg.resolved().defense_strength
+
+
+def _defense(cfg: AuditConfig):
+    """The loss-term defense of ``--defense`` (None for 'none' and 'dp')."""
+    if cfg.defense not in defenses.REGISTRY:
+        return None
+    return defenses.REGISTRY[cfg.defense](strength=defense_strength(cfg))
 
 
 def _dp_config(cfg: AuditConfig, noise_multiplier: float) -> dp.DPConfig:
@@ -452,6 +480,7 @@ def run(cfg: AuditConfig) -> dict:
             train_cfg = dataclasses.replace(train_cfg, dp=dp_cfg)
     init_params, init_state = training.init_ensemble(model, jax.random.split(init_key, num_models))
     ones = pruning.ones_like(init_params)
+    defense = _defense(cfg)  # a loss term of every model's fine-tuning (adaptive shadows)
 
     t0 = time.perf_counter()
     _log(f"[audit] training target + {cfg.num_shadows} shadows on {cfg.dataset} "
@@ -480,7 +509,8 @@ def run(cfg: AuditConfig) -> dict:
             res = training.fit(model, params, pre.model_state, masks, ens, ft_cfg,
                                jax.vmap(jax.random.fold_in, in_axes=(0, None))(ft_keys, r),
                                checkpoint_dir=os.path.join(ckpt, f"imp_round{r}"),
-                               metrics_path=metrics_path, stage=f"imp_round{r}", mesh=mesh)
+                               metrics_path=metrics_path, stage=f"imp_round{r}", mesh=mesh,
+                               defense=defense)
             results_by_round[r] = res
             finetunes.append(res)
             return res.params
@@ -516,7 +546,8 @@ def run(cfg: AuditConfig) -> dict:
         pruned = training.fit(model, pruning.apply_masks(params, masks), model_state,
                               masks, ft_ens, ft_cfg, ft_keys,
                               checkpoint_dir=os.path.join(ckpt, "finetune"),
-                              metrics_path=metrics_path, stage="finetune", mesh=mesh)
+                              metrics_path=metrics_path, stage="finetune", mesh=mesh,
+                              defense=defense)
         finetunes.append(pruned)
     timing["prune_finetune"] = time.perf_counter() - t0
 
@@ -571,6 +602,10 @@ def run(cfg: AuditConfig) -> dict:
     }
     if privacy is not None:
         out["dp"] = _privacy_report(cfg, privacy, pre, finetunes)
+    if defense is not None:
+        out["defense"] = {"name": defense.name, "strength": defense_strength(cfg),
+                          "stages": ["imp_rounds" if cfg.pruning == "imp" else "finetune"],
+                          "models": "target and shadows"}
     if unknown_knowledge(cfg):
         out["unknown_pruning_knowledge"] = {
             "shadow_pruning": cfg.shadow_pruning or cfg.pruning,
@@ -684,6 +719,10 @@ def format_table(results: dict) -> str:
                      f"{d['steps']['pretrain']} + {d['steps']['finetune']}): epsilon "
                      f"{d['epsilon']:.3f} at delta {d['delta']:g} ({d['accountant']})"
                      f"{unpruned}; covers {d['covers']}")
+    if "defense" in results:
+        d = results["defense"]
+        lines.append(f"defense {d['name']} (strength {d['strength']:g}) while "
+                     f"{' and '.join(d['stages'])}, {d['models']}")
     t = results["timing_s"]
     lines.append("")
     lines.append("wall time (s): " + ", ".join(f"{k} {v}" for k, v in t.items()))

@@ -28,3 +28,20 @@ class Model(NamedTuple):
     apply: Callable[..., tuple[jax.Array, ModelState]]
     name: str
     has_batchnorm: bool
+
+
+class Defense(NamedTuple):
+    """A membership-inference defense as a loss term, added to the training loss by
+    :func:`jaxmia.training.make_train_step` (never a copy of the training loop).
+
+    Attributes:
+      penalty: ``penalty(logits [B, C], labels [B], weight [B]) -> scalar``, over the real rows
+        of the batch (``weight > 0``; a padded batch's other rows must not count).
+      per_example: False when the term couples the examples of a batch (PPB pairs them), which
+        per-example clipping cannot bound; DP-SGD refuses such defenses.
+      name: registry name.
+    """
+
+    penalty: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    per_example: bool
+    name: str

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from jaxmia import clipping, pruning, sharding
 from jaxmia import dp as dp_lib
-from jaxmia.base import Masks, Model, ModelState, Params
+from jaxmia.base import Defense, Masks, Model, ModelState, Params
 from jaxmia.dp import DPConfig
 from jaxmia.errors import UserError
 
@@ -232,7 +232,7 @@ def _zero_metrics(fn, *args):
 def make_train_step(model: Model, tx: optax.GradientTransformation,
                     regularizer: Regularizer | None = None, loss: str = "cross_entropy",
                     dp: DPConfig | None = None, batch_size: int | None = None,
-                    masked: frozenset | None = None):
+                    masked: frozenset | None = None, defense: Defense | None = None):
     """Returns the pure single-model ``step(state, x, y, weight, key, live=None) -> (state,
     metrics)``.
 
@@ -247,10 +247,18 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
     leaf (safe for any masks; DP's ghost clipping then assumes no pruned layers). ``live`` (a
     bool) overrides whether the step happens (an early-stopped model takes none); a step that
     does not happen is skipped with ``lax.cond`` (a select of both branches under ``vmap``).
+    ``defense`` (:mod:`jaxmia.defenses`) adds its loss term ``penalty(logits, y, weight)``;
+    DP-SGD takes none (a term that couples examples cannot be clipped per example).
     """
 
     if loss not in LOSSES:
         raise UserError(f"unknown loss '{loss}'; choose one of {', '.join(LOSSES)}")
+    if dp is not None and defense is not None:
+        raise UserError(f"the {defense.name} defense cannot be combined with DP-SGD: "
+                        + ("it couples the examples of a batch, which per-example clipping "
+                           "cannot bound" if not defense.per_example else
+                           "DP-SGD's clipped gradient takes no extra loss term")
+                        + "; use one defense at a time")
     loss_of = LOSSES[loss]
 
     def loss_fn(params, state, x, y, weight, key):
@@ -262,6 +270,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
         total = jnp.sum(weight * per_example) / jnp.maximum(n, 1.0)
         if regularizer is not None:
             total = total + regularizer(params)
+        if defense is not None:
+            total = total + defense.penalty(logits, y, weight)
         correct = jnp.sum(weight * (predicted_class(logits) == y))
         return total, (new_model_state, {"loss_sum": total * n, "correct": correct, "n": n})
 
@@ -346,7 +356,7 @@ def _poisson_plan(done, idx, n, key, batch_size, capacity):
 
 def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | None = None,
                   mode: str = "fused", loss: str = "cross_entropy", dp: DPConfig | None = None,
-                  masked: frozenset | None = None, mesh=None):
+                  masked: frozenset | None = None, mesh=None, defense: Defense | None = None):
     """Returns the ensemble epoch ``(states, es, data, keys) -> (states, metrics)``.
 
     Model k draws its batches with ``keys[k]`` and takes ``ceil(n_max / batch_size)`` steps; a
@@ -359,7 +369,7 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
     ``fit`` does) each device runs its own block of models (:func:`jaxmia.sharding.over_models`).
     """
     step = make_train_step(model, tx, regularizer, loss, dp=dp, batch_size=batch_size,
-                           masked=masked)
+                           masked=masked, defense=defense)
 
     def batch_step(state, rows, w, live, step_key, j, x_all, y_all):
         return step(state, x_all[rows], y_all[rows], w, jax.random.fold_in(step_key, j), live)
@@ -546,14 +556,14 @@ class Checkpointer:
 
 @functools.lru_cache(maxsize=16)
 def _compiled(model: Model, cfg: TrainConfig, regularizer: Regularizer | None,
-              steps_per_epoch: int, masked: frozenset, mesh):
+              steps_per_epoch: int, masked: frozenset, mesh, defense: Defense | None = None):
     """The optimizer-state init, epoch and evaluation functions, built (and so compiled) once
-    per (model, config, regularizer, steps, masked leaves); ``cfg.ensemble_mode`` is already
-    resolved."""
+    per (model, config, regularizer, steps, masked leaves, defense); ``cfg.ensemble_mode`` is
+    already resolved."""
     tx = make_optimizer(cfg, steps_per_epoch)
     init_opt = jax.jit(jax.vmap(tx.init))
     epoch_fn = make_epoch_fn(model, tx, cfg.batch_size, regularizer, cfg.ensemble_mode, cfg.loss,
-                             cfg.dp, masked, mesh)
+                             cfg.dp, masked, mesh, defense)
     update = jax.jit(_early_stop_update, static_argnums=(4,))
 
     def evaluate(states, es, epoch, data):
@@ -578,7 +588,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         data: EnsembleData, cfg: TrainConfig, keys: jax.Array, *,
         regularizer: Regularizer | None = None, checkpoint_dir: str | None = None,
         metrics_path: str | None = None, stage: str = "train",
-        stop_after: int | None = None, mesh=None) -> FitResult:
+        stop_after: int | None = None, mesh=None, defense: Defense | None = None) -> FitResult:
     """Trains an ensemble (leading model axis on params, model_state, masks and keys).
 
     Args:
@@ -588,6 +598,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
       cfg: hyper-parameters; a fresh optimizer is made from it.
       keys: typed PRNG keys ``[K]``; epoch ``e`` of model ``k`` uses ``fold_in(keys[k], e)``.
       regularizer: optional extra loss term of the params (e.g. ``pruning.slim_penalty``).
+      defense: optional loss-term defense (:mod:`jaxmia.defenses`), for every model of the fit.
       checkpoint_dir: orbax directory for this stage; training resumes from its latest epoch.
       metrics_path: JSONL file; one line per epoch.
       stage: name written in metrics lines and the progress bar.
@@ -617,7 +628,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     init_opt, epoch_fn, evaluate = _compiled(
         model, dataclasses.replace(cfg, epochs=0, checkpoint_every=1, ensemble_mode=mode,
                                    keep="best"),
-        regularizer, steps_per_epoch, masked, mesh)
+        regularizer, steps_per_epoch, masked, mesh, defense)
     states = TrainState(step=jnp.zeros((data.num_models,), jnp.int32), params=params, masks=masks,
                         model_state=model_state, opt_state=init_opt(params))
     es = EarlyStopState(

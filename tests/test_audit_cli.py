@@ -91,6 +91,10 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--defense=dp", "--noise_multiplier=1", "--model=resnet20"], "with --norm=group (GroupNorm)"),
     (["--noise_multiplier=1"], "need --defense=dp"),
     (["--defense=magic"], "unknown --defense 'magic'"),
+    (["--defense=ppb", "--pruning=none"], "--defense=ppb is applied while the pruned models"),
+    (["--defense=ppb", "--finetune_epochs=0"], "needs a --pruning method and --finetune_epochs"),
+    (["--defense=ppb", "--defense_strength=-1"], "--defense_strength must be > 0 for ppb"),
+    (["--defense_strength=2"], "--defense_strength weighs a loss-term defense (ppb)"),
     (["--attack_stages=final"], "--attack_stages must name one or both of unpruned, pruned"),
     (["--attack_stages=unpruned", "--shadow_sparsity=0.5"], "add 'pruned' to --attack_stages"),
 ])
@@ -188,6 +192,28 @@ def test_dp_finetune_only_is_the_pruning_papers_baseline(tmp_path):
     from jaxmia import accounting
     assert d["epsilon"] == pytest.approx(accounting.epsilon(
         0.5, [(d["sampling_rate"], d["steps"]["finetune"])], d["delta"], "pld"))
+
+
+def test_ppb_defends_the_fine_tuning_of_target_and_shadows(tmp_path):
+    common = ["--epochs=2", "--finetune_epochs=1", "--num_shadows=1", "--attacks=loss"]
+    r = _run(f"--workdir={tmp_path / 'ppb'}", *common, "--defense=ppb", "--defense_strength=8")
+    assert r.returncode == 0, r.stderr[-2000:]
+    plain = _run(f"--workdir={tmp_path / 'plain'}", *common)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    res = json.loads((tmp_path / "ppb" / "results.json").read_text())
+    assert res["defense"] == {"name": "ppb", "strength": 8.0, "stages": ["finetune"],
+                              "models": "target and shadows"}
+    assert "defense ppb (strength 8) while finetune" in r.stdout
+    assert "defense" not in json.loads((tmp_path / "plain" / "results.json").read_text())
+
+    def stage_lines(name, stage):
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [line for line in lines if json.loads(line)["stage"] == stage]
+
+    # The same pretraining; the fine-tuning loss of every model now carries the PPB term.
+    assert stage_lines("ppb", "pretrain") == stage_lines("plain", "pretrain")
+    ppb_ft, plain_ft = (json.loads(stage_lines(n, "finetune")[0]) for n in ("ppb", "plain"))
+    assert all(a > b for a, b in zip(ppb_ft["train/loss"], plain_ft["train/loss"]))
 
 
 def test_attack_stages_pruned_attacks_only_the_pruned_target(tmp_path):
