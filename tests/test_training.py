@@ -268,6 +268,34 @@ def test_batchnorm_statistics_skip_padded_rows():
                            atol=1e-3)
 
 
+def test_a_batchnorm_module_without_rows_still_trains():
+    # A user's own Flax module with BatchNorm and the plain ``(x, train)`` call: wrapped and
+    # trained on a padded batch, it is not handed ``rows`` (its statistics see the padding).
+    from flax import linen as nn
+
+    from jaxmia.models.wrap import from_linen
+
+    class Mine(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool):
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+            return nn.Dense(3)(x)
+
+    model = from_linen(Mine(), (4,), "mine")
+    assert model.has_batchnorm
+    params, state = model.init(jax.random.key(0))
+    tx = training.make_optimizer(training.TrainConfig())
+    st = training.TrainState(step=jnp.int32(0), params=params, masks=pruning.ones_like(params),
+                             model_state=state, opt_state=tx.init(params))
+    x = jax.random.normal(jax.random.key(1), (6, 4))
+    new, m = training.make_train_step(model, tx)(st, x, jnp.arange(6) % 3,
+                                                 jnp.array([1.0] * 4 + [0.0] * 2),
+                                                 jax.random.key(2))
+    assert float(m["n"]) == 4
+    _, direct = model.apply(params, state, x, train=True)  # statistics over all 6 rows
+    jax.tree.map(np.testing.assert_allclose, new.model_state, direct)
+
+
 def test_sigmoid_mse_loss_hand_worked():
     # One-logit model z = 0 for every input: sigmoid 0.5, so the loss is 0.25 whatever y in {0, 1};
     # z >= 0 predicts class 1, so accuracy counts the y = 1 rows.

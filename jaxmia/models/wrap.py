@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
@@ -10,9 +12,12 @@ from jaxmia.base import Model
 
 
 def from_linen(module: nn.Module, input_shape, name: str) -> Model:
-    """Wraps ``module(x, train)`` as ``Model(init, apply)`` over (params, state) pytrees; a
-    module with BatchNorm also takes ``rows`` (``module(x, train, rows=None)``)."""
+    """Wraps ``module(x, train)`` as ``Model(init, apply)`` over (params, state) pytrees. A
+    module with BatchNorm whose ``__call__`` takes ``rows`` (``module(x, train, rows=None)``, as
+    the library's do) gets the real rows of each padded training batch; one without it trains as
+    before, its batch statistics seeing the padding."""
     input_shape = tuple(input_shape)
+    takes_rows = "rows" in inspect.signature(type(module).__call__).parameters
 
     def init(key):
         variables = module.init({"params": key}, jnp.zeros((1,) + input_shape), train=False)
@@ -23,8 +28,7 @@ def from_linen(module: nn.Module, input_shape, name: str) -> Model:
     def apply(params, state, x, *, train: bool, key: jax.Array | None = None, rows=None):
         rngs = {} if key is None else {"dropout": key}
         variables = {"params": params, **state}
-        # Only BatchNorm modules take ``rows`` (``module(x, train, rows=None)``).
-        extra = {"rows": rows} if has_bn and train and rows is not None else {}
+        extra = {"rows": rows} if takes_rows and has_bn and train and rows is not None else {}
         if train and state:
             logits, new_state = module.apply(variables, x, train=True, rngs=rngs,
                                              mutable=list(state), **extra)
