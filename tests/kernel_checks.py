@@ -3,8 +3,10 @@ under CI, kernel against reference values and gradients, and runs on simulated C
 
 import json
 import os
+import string
 import subprocess
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -48,3 +50,45 @@ def run_on_cpu_devices(code: str, devices: int = 4) -> dict:
                          cwd=ROOT, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+_SHARDED = string.Template(r'''
+import json
+import jax, jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+from jaxmia import sharding
+from jaxmia.kernels import library, $module
+
+assert jax.device_count() == 4 and library.available()
+mesh = sharding.model_mesh()  # the library's own mesh (automatic axes)
+$setup
+kernel, reference = $module.$kernel, $module.reference
+on_mesh = [jax.device_put(a, NamedSharding(mesh, P("model"))) for a in args]
+over = (0,) * len(args)
+def per_model(fn):
+    return jax.vmap(lambda *a: fn(*a, 0.2))
+want = per_model(reference)(*args)
+partitioned = jax.jit(per_model(kernel))(*on_mesh)
+explicit = jax.jit(sharding.over_models(per_model(kernel), mesh, over))(*on_mesh)
+def grad(fn):  # d/d argument $grad_arg of each model, per device as the training loop runs it
+    g = jax.vmap(jax.grad(lambda *a: jnp.sum(fn(*a, 0.2) ** 2), $grad_arg))
+    return jax.jit(sharding.over_models(g, mesh, over))
+want_grad = grad(reference)(*on_mesh)
+print(json.dumps({"jit": float(jnp.max(jnp.abs(partitioned - want))),
+                  "shard_map": float(jnp.max(jnp.abs(explicit - want))),
+                  "grad": float(jnp.max(jnp.abs(grad(kernel)(*on_mesh) - want_grad))
+                                / jnp.max(jnp.abs(want_grad)))}))
+''')
+
+
+def assert_sharded_matches_reference(module: str, kernel: str, setup: str, grad_arg: int):
+    """On 4 simulated CPU devices, four models split over the library's mesh: ``module.kernel``
+    under ``jit`` partitioning and per device (``sharding.over_models``), and its gradient in
+    argument ``grad_arg`` per device, equal ``module.reference``. ``setup`` is code that defines
+    ``args``: the kernel's arrays with a leading axis of 4 models, then their dropout keys (the
+    rate is 0.2)."""
+    code = _SHARDED.substitute(module=module, kernel=kernel, setup=textwrap.dedent(setup),
+                               grad_arg=grad_arg)
+    errors = run_on_cpu_devices(code)
+    assert set(errors) == {"jit", "shard_map", "grad"}
+    assert max(errors.values()) < 1e-5, errors

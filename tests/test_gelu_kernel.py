@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from jaxmia.kernels import gelu
-from tests.kernel_checks import assert_matches_reference, cpu_kernels, run_on_cpu_devices
+from tests.kernel_checks import (
+    assert_matches_reference,
+    assert_sharded_matches_reference,
+    cpu_kernels,
+)
 
 pytestmark = pytest.mark.usefixtures(cpu_kernels.__name__)
 
@@ -100,38 +104,9 @@ def test_draws_past_the_32_bit_counter_are_left_to_the_reference():
     assert not gelu.supported(jax.ShapeDtypeStruct((2**26 + 1, 64), jnp.float32), bias)
 
 
-SHARDED = r'''
-import json
-import jax, jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
-from jaxmia import sharding
-from jaxmia.kernels import gelu, library
-
-assert jax.device_count() == 4 and library.available()
-mesh = sharding.model_mesh()  # the library's own mesh (automatic axes)
-k = jax.random.split(jax.random.key(0), 2)
-z, bias = 3 * jax.random.normal(k[0], (4, 8, 30, 64)), jax.random.normal(k[1], (4, 64))
-keys = jax.random.split(jax.random.key(1), 4)
-args = (z, bias, keys)
-on_mesh = [jax.device_put(a, NamedSharding(mesh, P("model"))) for a in args]
-def per_model(fn):
-    return jax.vmap(lambda z, b, k: fn(z, b, k, 0.2))
-want = per_model(gelu.reference)(*args)
-partitioned = jax.jit(per_model(gelu.bias_gelu_dropout))(*on_mesh)
-explicit = jax.jit(sharding.over_models(per_model(gelu.bias_gelu_dropout), mesh, (0,) * 3))(
-    *on_mesh)
-def grad(fn):  # d/d bias of each model, per device as the training loop runs it
-    g = jax.vmap(jax.grad(lambda z, b, k: jnp.sum(fn(z, b, k, 0.2) ** 2), 1))
-    return jax.jit(sharding.over_models(g, mesh, (0,) * 3))
-want_grad = grad(gelu.reference)(*on_mesh)
-print(json.dumps({"jit": float(jnp.max(jnp.abs(partitioned - want))),
-                  "shard_map": float(jnp.max(jnp.abs(explicit - want))),
-                  "grad": float(jnp.max(jnp.abs(grad(gelu.bias_gelu_dropout)(*on_mesh)
-                                                - want_grad)) / jnp.max(jnp.abs(want_grad)))}))
-'''
-
-
 def test_sharded_over_models_equals_the_reference():
-    errors = run_on_cpu_devices(SHARDED)
-    assert set(errors) == {"jit", "shard_map", "grad"}
-    assert max(errors.values()) < 1e-5, errors
+    assert_sharded_matches_reference("gelu", "bias_gelu_dropout", """
+    k = jax.random.split(jax.random.key(0), 2)
+    z, bias = 3 * jax.random.normal(k[0], (4, 8, 30, 64)), jax.random.normal(k[1], (4, 64))
+    args = (z, bias, jax.random.split(jax.random.key(1), 4))
+    """, grad_arg=1)

@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 from jaxmia.kernels import layernorm
-from tests.kernel_checks import assert_matches_reference, cpu_kernels, run_on_cpu_devices
+from tests.kernel_checks import (
+    assert_matches_reference,
+    assert_sharded_matches_reference,
+    cpu_kernels,
+)
 
 pytestmark = pytest.mark.usefixtures(cpu_kernels.__name__)
 
@@ -106,39 +110,10 @@ def test_draws_past_the_32_bit_counter_are_left_to_the_reference():
     assert not layernorm.supported(rows(2**26 + 1), rows(2**26 + 1), vector, vector)
 
 
-SHARDED = r'''
-import json
-import jax, jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P
-from jaxmia import sharding
-from jaxmia.kernels import layernorm, library
-
-assert jax.device_count() == 4 and library.available()
-mesh = sharding.model_mesh()  # the library's own mesh (automatic axes)
-k = jax.random.split(jax.random.key(0), 4)
-x, branch = (jax.random.normal(key, (4, 8, 30, 64)) for key in k[:2])  # four models
-scale, bias = 1 + jax.random.normal(k[2], (4, 64)), jax.random.normal(k[3], (4, 64))
-keys = jax.random.split(jax.random.key(1), 4)
-args = (x, branch, scale, bias, keys)
-on_mesh = [jax.device_put(a, NamedSharding(mesh, P("model"))) for a in args]
-def per_model(fn):
-    return jax.vmap(lambda x, b, s, c, k: fn(x, b, s, c, k, 0.2))
-want = per_model(layernorm.reference)(*args)
-partitioned = jax.jit(per_model(layernorm.add_layernorm))(*on_mesh)
-explicit = jax.jit(sharding.over_models(per_model(layernorm.add_layernorm), mesh,
-                                        (0,) * 5))(*on_mesh)
-def grad(fn):  # d/d scale of each model, per device as the training loop runs it
-    g = jax.vmap(jax.grad(lambda x, b, s, c, k: jnp.sum(fn(x, b, s, c, k, 0.2) ** 2), 2))
-    return jax.jit(sharding.over_models(g, mesh, (0,) * 5))
-want_grad = grad(layernorm.reference)(*on_mesh)
-print(json.dumps({"jit": float(jnp.max(jnp.abs(partitioned - want))),
-                  "shard_map": float(jnp.max(jnp.abs(explicit - want))),
-                  "grad": float(jnp.max(jnp.abs(grad(layernorm.add_layernorm)(*on_mesh)
-                                                - want_grad)) / jnp.max(jnp.abs(want_grad)))}))
-'''
-
-
 def test_sharded_over_models_equals_the_reference():
-    errors = run_on_cpu_devices(SHARDED)
-    assert set(errors) == {"jit", "shard_map", "grad"}
-    assert max(errors.values()) < 1e-5, errors
+    assert_sharded_matches_reference("layernorm", "add_layernorm", """
+    k = jax.random.split(jax.random.key(0), 4)
+    x, branch = (jax.random.normal(key, (4, 8, 30, 64)) for key in k[:2])  # four models
+    scale, bias = 1 + jax.random.normal(k[2], (4, 64)), jax.random.normal(k[3], (4, 64))
+    args = (x, branch, scale, bias, jax.random.split(jax.random.key(1), 4))
+    """, grad_arg=2)

@@ -105,8 +105,7 @@ class SAMIA(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool, rows=None):
         c = self.num_classes
-        mask = None if rows is None or not train else layers.batch_mask(rows, x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)(x, mask=mask)
+        x = layers.batch_norm(x, train, rows)
         h = _gelu(nn.Dense(D_MODEL, kernel_init=_dense)(to_tokens(x, c)))
         for _ in range(LAYERS):
             h = EncoderLayer()(h, train)

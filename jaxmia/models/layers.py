@@ -33,9 +33,7 @@ class Norm(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool, rows=None):
         if self.kind == "batch":
-            mask = None if rows is None or not train else batch_mask(rows, x)
-            return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                name="BatchNorm")(x, mask=mask)
+            return batch_norm(x, train, rows, name="BatchNorm")
         if self.kind == "group":
             channels = x.shape[-1]
             groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
@@ -43,9 +41,14 @@ class Norm(nn.Module):
         return x
 
 
-def batch_mask(rows, x):
-    """``rows`` (``[B]``) shaped to broadcast over ``x`` (``[B, ...]``): a BatchNorm ``mask``."""
-    return rows.astype(bool).reshape(rows.shape + (1,) * (x.ndim - 1))
+def batch_norm(x, train: bool, rows=None, name=None):
+    """Flax's BatchNorm with PyTorch's defaults (momentum 0.1, eps 1e-5), created in the calling
+    module; in training its batch statistics cover the ``rows`` (``[B]`` bool) of ``x`` that are
+    real, all of them when ``rows`` is None."""
+    mask = None if rows is None or not train else (
+        rows.astype(bool).reshape(rows.shape + (1,) * (x.ndim - 1)))
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                        name=name)(x, mask=mask)
 
 
 def conv(features, kernel=3, stride=1, bias=False, name=None):
