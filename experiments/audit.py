@@ -27,7 +27,7 @@ import dataclasses
 
 from absl import app, flags, logging
 
-from jaxmia import attacks, cli, features
+from jaxmia import attacks, cli, defenses, features
 from jaxmia import audit as audit_lib
 from jaxmia.errors import UserError
 
@@ -77,10 +77,17 @@ flags.DEFINE_float("shadow_sparsity", None, "unknown pruning knowledge: shadow s
 flags.DEFINE_string("optimizer", D.optimizer, "adam | sgd (momentum 0.9); with --defense=dp "
                     "these become DP-Adam / DP-SGD")
 flags.DEFINE_string("defense", D.defense, "none | dp (DP-SGD) | ppb (the pruning paper's "
-                    "pair-based posterior balancing, while fine-tuning); for the target and, "
-                    "adaptively, the shadows")
-flags.DEFINE_float("defense_strength", None, "weight of a loss-term defense (ppb: lambda; "
-                   "default 4, the paper's)")
+                    "pair-based posterior balancing) | relaxloss (Chen et al. 2022) | "
+                    "label_smoothing; for the target and, adaptively, the shadows")
+flags.DEFINE_float("defense_strength", None, "a loss-term defense's strength: ppb's lambda "
+                   "(default 4), relaxloss's target loss alpha (default 1), label_smoothing's "
+                   "epsilon (default 0.1)")
+flags.DEFINE_string("defense_stages", None, "where a loss-term defense trains: all "
+                    "(pretraining and fine-tuning) | finetune (only the pruned models' "
+                    "fine-tuning); default: its paper's (ppb finetune, the others all)")
+flags.DEFINE_float("relaxloss_upper", D.relaxloss_upper, "relaxloss: cap on the true class's "
+                   "probability in the flattened targets (the authors': 0.3 Purchase, 0.1 "
+                   "Texas, 1 CIFAR)")
 flags.DEFINE_float("noise_multiplier", None, "DP: noise standard deviation / clip norm")
 flags.DEFINE_float("target_epsilon", None, "DP: calibrate the noise multiplier to this epsilon "
                    "(at --delta, over the most steps the run can take)")
@@ -134,6 +141,8 @@ def main(argv):
                 defense = f"_dp{level}"
             else:
                 defense = f"_{r.defense}{audit_lib.defense_strength(r)}"
+                if r.defense_stages != defenses.DEFAULT_STAGES[r.defense]:
+                    defense += f"_{r.defense_stages}"
             cfg = dataclasses.replace(cfg, workdir=f"workdir/{r.dataset}_{r.model}_{r.pruning}"
                                                    f"{r.sparsity}{defense}_s{r.seed}")
         results = audit_lib.run(cfg)

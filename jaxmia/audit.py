@@ -72,9 +72,16 @@ class AuditConfig:
     shadow_pruning: str | None = None  # unknown pruning knowledge: shadows pruned otherwise
     shadow_sparsity: float | None = None
     optimizer: str = "adam"  # 'adam' or 'sgd' (momentum 0.9); with --defense=dp: DP-Adam/DP-SGD
-    defense: str = "none"  # 'none', 'dp' (DP-SGD) or 'ppb'; the shadows get the same settings
-    # A loss-term defense's weight (ppb: its lambda); None: the defense's default (ppb: 4).
+    # 'none', 'dp' (DP-SGD) or a loss-term defense (defenses.REGISTRY: ppb, relaxloss,
+    # label_smoothing); the shadows get the same settings (an adaptive attacker).
+    defense: str = "none"
+    # A loss-term defense's strength (ppb: lambda, relaxloss: alpha, label_smoothing: epsilon);
+    # None: the defense's default (4, 1, 0.1).
     defense_strength: float | None = None
+    # Where a loss-term defense trains: 'all' (pretraining and fine-tuning) or 'finetune'; None:
+    # the defense's paper (defenses.DEFAULT_STAGES: ppb finetune, the others all).
+    defense_stages: str | None = None
+    relaxloss_upper: float = 1.0  # RelaxLoss's cap on the flattened targets' true class
     noise_multiplier: float | None = None  # DP: sigma; or give target_epsilon instead
     target_epsilon: float | None = None  # DP: calibrate sigma to this epsilon over the max steps
     clip_norm: float = 1.0  # DP: per-example clipping bound C
@@ -96,11 +103,12 @@ class AuditConfig:
         epochs = self.epochs if self.epochs is not None else (
             50 if data.is_small(self.dataset) else 100)
         finetune = self.finetune_epochs if self.finetune_epochs is not None else epochs // 2
-        strength = self.defense_strength
-        if strength is None and self.defense in defenses.DEFAULT_STRENGTH:
-            strength = defenses.DEFAULT_STRENGTH[self.defense]
+        strength, stages = self.defense_strength, self.defense_stages
+        if self.defense in defenses.REGISTRY:
+            strength = defenses.DEFAULT_STRENGTH[self.defense] if strength is None else strength
+            stages = defenses.DEFAULT_STAGES[self.defense] if stages is None else stages
         return dataclasses.replace(self, model=model, epochs=epochs, finetune_epochs=finetune,
-                                   defense_strength=strength)
+                                   defense_strength=strength, defense_stages=stages)
 
     def fingerprint(self) -> dict:
         """The settings a checkpoint depends on (paths and attack choice excluded)."""
@@ -176,15 +184,23 @@ DP_STAGES = ("all", "finetune")
 def _validate_dp(cfg: AuditConfig) -> None:
     if cfg.defense not in DEFENSES:
         raise UserError(f"unknown --defense '{cfg.defense}'; choose one of {', '.join(DEFENSES)}")
-    if cfg.defense_strength is not None and cfg.defense not in defenses.REGISTRY:
-        raise UserError(f"--defense_strength weighs a loss-term defense "
-                        f"({', '.join(defenses.REGISTRY)}), not --defense={cfg.defense}")
+    for flag, value in (("defense_strength", cfg.defense_strength),
+                        ("defense_stages", cfg.defense_stages)):
+        if value is not None and cfg.defense not in defenses.REGISTRY:
+            raise UserError(f"--{flag} sets a loss-term defense "
+                            f"({', '.join(defenses.REGISTRY)}), not --defense={cfg.defense}")
+    if cfg.relaxloss_upper != AuditConfig.relaxloss_upper and cfg.defense != "relaxloss":
+        raise UserError("--relaxloss_upper sets --defense=relaxloss")
     if cfg.defense in defenses.REGISTRY:
         _defense(cfg)  # refuses a bad strength
-        if cfg.pruning == "none" or cfg.finetune_epochs == 0:
-            raise UserError(f"--defense={cfg.defense} is applied while the pruned models are "
-                            "fine-tuned (as in the pruning paper); it needs a --pruning method "
-                            "and --finetune_epochs >= 1")
+        if cfg.defense_stages not in defenses.STAGES:
+            raise UserError(f"unknown --defense_stages '{cfg.defense_stages}'; choose one of "
+                            f"{', '.join(defenses.STAGES)}")
+        if cfg.defense_stages == "finetune" and (cfg.pruning == "none"
+                                                 or cfg.finetune_epochs == 0):
+            raise UserError(f"--defense={cfg.defense} with --defense_stages=finetune is applied "
+                            "while the pruned models are fine-tuned; it needs a --pruning "
+                            "method and --finetune_epochs >= 1 (or --defense_stages=all)")
     if cfg.defense != "dp":
         if cfg.noise_multiplier is not None or cfg.target_epsilon is not None:
             raise UserError("--noise_multiplier/--target_epsilon need --defense=dp")
@@ -222,7 +238,8 @@ def _defense(cfg: AuditConfig):
     """The loss-term defense of ``--defense`` (None for 'none' and 'dp')."""
     if cfg.defense not in defenses.REGISTRY:
         return None
-    return defenses.REGISTRY[cfg.defense](strength=defense_strength(cfg))
+    options = {"upper": cfg.relaxloss_upper} if cfg.defense == "relaxloss" else {}
+    return defenses.REGISTRY[cfg.defense](strength=defense_strength(cfg), **options)
 
 
 def _dp_config(cfg: AuditConfig, noise_multiplier: float) -> dp.DPConfig:
@@ -480,7 +497,8 @@ def run(cfg: AuditConfig) -> dict:
             train_cfg = dataclasses.replace(train_cfg, dp=dp_cfg)
     init_params, init_state = training.init_ensemble(model, jax.random.split(init_key, num_models))
     ones = pruning.ones_like(init_params)
-    defense = _defense(cfg)  # a loss term of every model's fine-tuning (adaptive shadows)
+    defense = _defense(cfg)  # a loss term of every model's training (adaptive shadows)
+    pre_defense = defense if cfg.resolved().defense_stages == "all" else None
 
     t0 = time.perf_counter()
     _log(f"[audit] training target + {cfg.num_shadows} shadows on {cfg.dataset} "
@@ -490,7 +508,7 @@ def run(cfg: AuditConfig) -> dict:
     pre = training.fit(model, init_params, init_state, ones, ens, train_cfg,
                        jax.random.split(train_key, num_models), regularizer=reg,
                        checkpoint_dir=os.path.join(ckpt, "pretrain"), metrics_path=metrics_path,
-                       stage="pretrain", mesh=mesh)
+                       stage="pretrain", mesh=mesh, defense=pre_defense)
     timing["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -603,9 +621,13 @@ def run(cfg: AuditConfig) -> dict:
     if privacy is not None:
         out["dp"] = _privacy_report(cfg, privacy, pre, finetunes)
     if defense is not None:
+        trained = ["pretrain"] if pre_defense is not None else []
+        if cfg.pruning != "none" and (cfg.finetune_epochs > 0 or cfg.pruning == "imp"):
+            trained.append("imp_rounds" if cfg.pruning == "imp" else "finetune")
         out["defense"] = {"name": defense.name, "strength": defense_strength(cfg),
-                          "stages": ["imp_rounds" if cfg.pruning == "imp" else "finetune"],
-                          "models": "target and shadows"}
+                          "stages": trained, "models": "target and shadows"}
+        if defense.name == "relaxloss":
+            out["defense"]["upper"] = cfg.relaxloss_upper
     if unknown_knowledge(cfg):
         out["unknown_pruning_knowledge"] = {
             "shadow_pruning": cfg.shadow_pruning or cfg.pruning,

@@ -35,13 +35,18 @@ class Defense(NamedTuple):
     :func:`jaxmia.training.make_train_step` (never a copy of the training loop).
 
     Attributes:
-      penalty: ``penalty(logits [B, C], labels [B], weight [B]) -> scalar``, over the real rows
-        of the batch (``weight > 0``; a padded batch's other rows must not count).
+      penalty: ``penalty(logits [B, C], labels [B], weight [B], epoch) -> scalar``, over the
+        real rows of the batch (``weight > 0``; a padded batch's other rows must not count);
+        ``epoch`` is the int32 index of the fit's epoch (0 first), for defenses that alternate
+        by epoch (RelaxLoss).
       per_example: False when the term couples the examples of a batch (PPB pairs them), which
         per-example clipping cannot bound; DP-SGD refuses such defenses.
       name: registry name.
+      replaces_loss: True when ``penalty`` is the whole objective (RelaxLoss), not a term added
+        to the cross-entropy; a regularizer of the params is still added.
     """
 
-    penalty: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    penalty: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
     per_example: bool
     name: str
+    replaces_loss: bool = False

@@ -233,8 +233,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
                     regularizer: Regularizer | None = None, loss: str = "cross_entropy",
                     dp: DPConfig | None = None, batch_size: int | None = None,
                     masked: frozenset | None = None, defense: Defense | None = None):
-    """Returns the pure single-model ``step(state, x, y, weight, key, live=None) -> (state,
-    metrics)``.
+    """Returns the pure single-model ``step(state, x, y, weight, key, live=None, epoch=0) ->
+    (state, metrics)``.
 
     ``weight`` is 1 for real rows and 0 for padding. Without ``dp`` the gradient is that of the
     weighted mean of ``loss`` (a ``LOSSES`` name) plus ``regularizer(params)``, and a batch with no
@@ -247,8 +247,10 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
     leaf (safe for any masks; DP's ghost clipping then assumes no pruned layers). ``live`` (a
     bool) overrides whether the step happens (an early-stopped model takes none); a step that
     does not happen is skipped with ``lax.cond`` (a select of both branches under ``vmap``).
-    ``defense`` (:mod:`jaxmia.defenses`) adds its loss term ``penalty(logits, y, weight)``;
-    DP-SGD takes none (a term that couples examples cannot be clipped per example).
+    ``defense`` (:mod:`jaxmia.defenses`) adds its loss term ``penalty(logits, y, weight, epoch)``
+    (``epoch``: the int32 epoch of the fit, 0 first), or replaces the loss with it
+    (``defense.replaces_loss``); DP-SGD takes none (a term that couples examples cannot be
+    clipped per example).
     """
 
     if loss not in LOSSES:
@@ -259,19 +261,23 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
                            "cannot bound" if not defense.per_example else
                            "DP-SGD's clipped gradient takes no extra loss term")
                         + "; use one defense at a time")
+    if defense is not None and defense.replaces_loss and loss != "cross_entropy":
+        raise UserError(f"the {defense.name} defense replaces the cross-entropy loss; it cannot "
+                        f"train with loss='{loss}'")
     loss_of = LOSSES[loss]
 
-    def loss_fn(params, state, x, y, weight, key):
+    def loss_fn(params, state, x, y, weight, key, epoch):
         logits, new_model_state = model.apply(pruning.apply_masks(params, state.masks, masked),
                                               state.model_state, x, train=True, key=key,
                                               rows=weight > 0)
         per_example = loss_of(logits, y)
         n = jnp.sum(weight)
         total = jnp.sum(weight * per_example) / jnp.maximum(n, 1.0)
+        if defense is not None:
+            term = defense.penalty(logits, y, weight, epoch)
+            total = term if defense.replaces_loss else total + term
         if regularizer is not None:
             total = total + regularizer(params)
-        if defense is not None:
-            total = total + defense.penalty(logits, y, weight)
         correct = jnp.sum(weight * (predicted_class(logits) == y))
         return total, (new_model_state, {"loss_sum": total * n, "correct": correct, "n": n})
 
@@ -279,10 +285,10 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
         pruned = frozenset() if masked is None else frozenset(p[:-1] for p in masked)
         dp_grad = dp_lib.make_gradient(model, loss_of, predicted_class, dp, batch_size, pruned)
 
-    def gradient(state: TrainState, x, y, weight, key):
+    def gradient(state: TrainState, x, y, weight, key, epoch):
         if dp is None:
             grads, (model_state, metrics) = jax.grad(loss_fn, has_aux=True)(
-                state.params, state, x, y, weight, key)
+                state.params, state, x, y, weight, key, epoch)
             return grads, model_state, metrics
         grads, metrics = dp_grad(state.params, state.masks, state.model_state, x, y, weight,
                                  key)
@@ -290,23 +296,23 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
             grads = jax.tree.map(jnp.add, grads, jax.grad(regularizer)(state.params))
         return grads, state.model_state, metrics
 
-    def take(state: TrainState, x, y, weight, key):
-        grads, model_state, metrics = gradient(state, x, y, weight, key)
+    def take(state: TrainState, x, y, weight, key, epoch):
+        grads, model_state, metrics = gradient(state, x, y, weight, key, epoch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = pruning.apply_masks(optax.apply_updates(state.params, updates), state.masks,
                                      masked)
         return TrainState(step=state.step + 1, params=params, masks=state.masks,
                           model_state=model_state, opt_state=opt_state), metrics
 
-    def skip(state: TrainState, x, y, weight, key):
-        return state, _zero_metrics(take, state, x, y, weight, key)
+    def skip(state: TrainState, x, y, weight, key, epoch):
+        return state, _zero_metrics(take, state, x, y, weight, key, epoch)
 
-    def step(state: TrainState, x, y, weight, key, live=None):
+    def step(state: TrainState, x, y, weight, key, live=None, epoch=0):
         if live is None:
             live = jnp.sum(weight) > 0
         # A cond, not a select of the new and old state: on one model it skips the step's work
         # and copies nothing (a whole-state select cost ~15% of an MLP step on XLA:CPU).
-        return jax.lax.cond(live, take, skip, state, x, y, weight, key)
+        return jax.lax.cond(live, take, skip, state, x, y, weight, key, jnp.int32(epoch))
 
     return step
 
@@ -357,7 +363,8 @@ def _poisson_plan(done, idx, n, key, batch_size, capacity):
 def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | None = None,
                   mode: str = "fused", loss: str = "cross_entropy", dp: DPConfig | None = None,
                   masked: frozenset | None = None, mesh=None, defense: Defense | None = None):
-    """Returns the ensemble epoch ``(states, es, data, keys) -> (states, metrics)``.
+    """Returns the ensemble epoch ``(states, es, data, keys, number=0) -> (states, metrics)``
+    (``number``: the epoch's index in the fit, handed to a defense's term).
 
     Model k draws its batches with ``keys[k]`` and takes ``ceil(n_max / batch_size)`` steps; a
     model that has stopped early takes none. Without ``dp`` it shuffles its rows into batches
@@ -371,12 +378,13 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
     step = make_train_step(model, tx, regularizer, loss, dp=dp, batch_size=batch_size,
                            masked=masked, defense=defense)
 
-    def batch_step(state, rows, w, live, step_key, j, x_all, y_all):
-        return step(state, x_all[rows], y_all[rows], w, jax.random.fold_in(step_key, j), live)
+    def batch_step(state, rows, w, live, step_key, j, epoch, x_all, y_all):
+        return step(state, x_all[rows], y_all[rows], w, jax.random.fold_in(step_key, j), live,
+                    epoch)
 
-    def run_one(state, rows, w, live, step_key, x_all, y_all):
+    def run_one(state, rows, w, live, step_key, epoch, x_all, y_all):
         def body(state, j):
-            return batch_step(state, rows[j], w[j], live[j], step_key, j, x_all, y_all)
+            return batch_step(state, rows[j], w[j], live[j], step_key, j, epoch, x_all, y_all)
 
         def run(state):
             state, metrics = jax.lax.scan(body, state, jnp.arange(rows.shape[0]))
@@ -409,26 +417,26 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
             return plans[capacity](es.done, data.train_idx, data.train_n, keys)
 
     if mode in ("fused", "looped"):
-        axes = (0, 0, 0, 0, 0, None, None)
+        axes = (0, 0, 0, 0, 0, None, None, None)
         mapped = (jax.vmap(run_one, in_axes=axes) if mode == "fused"
                   else looped_models(run_one, axes))
         run_all = jax.jit(sharding.over_models(mapped, mesh, axes))
 
-        def epoch(states, es, data: EnsembleData, keys):
+        def epoch(states, es, data: EnsembleData, keys, number=0):
             rows, w, live, step_keys = plan(es, data, keys)
-            return run_all(states, rows, w, live, step_keys, data.x, data.y)
+            return run_all(states, rows, w, live, step_keys, jnp.int32(number), data.x, data.y)
 
         return epoch
 
-    axes = (0, 0, 0, 0, 0, None, None, None)
+    axes = (0, 0, 0, 0, 0, None, None, None, None)
     step_all = jax.jit(sharding.over_models(unrolled_models(batch_step, axes), mesh, axes))
 
-    def epoch(states, es, data: EnsembleData, keys):
+    def epoch(states, es, data: EnsembleData, keys, number=0):
         rows, w, live, step_keys = plan(es, data, keys)
         totals = None
         for j in range(rows.shape[1]):
             states, m = step_all(states, rows[:, j], w[:, j], live[:, j], step_keys,
-                                 jnp.int32(j), data.x, data.y)
+                                 jnp.int32(j), jnp.int32(number), data.x, data.y)
             totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
         return states, totals
 
@@ -655,7 +663,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         if bool(jnp.all(es.done)):
             break
         epoch_keys = _epoch_keys(keys, jnp.int32(epoch))
-        states, m = epoch_fn(states, es, data, epoch_keys)
+        states, m = epoch_fn(states, es, data, epoch_keys, epoch)
         dev_acc, es = evaluate(states, es, epoch, data)
         epochs_run = epoch + 1
         real = slice(0, num_models)  # without the padding models of a mesh

@@ -91,10 +91,19 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--defense=dp", "--noise_multiplier=1", "--model=resnet20"], "with --norm=group (GroupNorm)"),
     (["--noise_multiplier=1"], "need --defense=dp"),
     (["--defense=magic"], "unknown --defense 'magic'"),
-    (["--defense=ppb", "--pruning=none"], "--defense=ppb is applied while the pruned models"),
+    (["--defense=ppb", "--pruning=none"], "with --defense_stages=finetune is applied while"),
     (["--defense=ppb", "--finetune_epochs=0"], "needs a --pruning method and --finetune_epochs"),
+    (["--defense=relaxloss", "--pruning=none", "--defense_stages=finetune"],
+     "--defense=relaxloss with --defense_stages=finetune"),
     (["--defense=ppb", "--defense_strength=-1"], "--defense_strength must be > 0 for ppb"),
-    (["--defense_strength=2"], "--defense_strength weighs a loss-term defense (ppb)"),
+    (["--defense=relaxloss", "--defense_strength=0"], "RelaxLoss's alpha, a target loss level"),
+    (["--defense=relaxloss", "--relaxloss_upper=1.5"], "--relaxloss_upper must be in (0, 1]"),
+    (["--defense=label_smoothing", "--defense_strength=1"], "epsilon) must be in (0, 1)"),
+    (["--defense=ppb", "--defense_stages=late"], "unknown --defense_stages 'late'"),
+    (["--defense_strength=2"], "--defense_strength sets a loss-term defense (ppb, relaxloss"),
+    (["--defense=dp", "--noise_multiplier=1", "--defense_stages=all"],
+     "--defense_stages sets a loss-term defense"),
+    (["--relaxloss_upper=0.3"], "--relaxloss_upper sets --defense=relaxloss"),
     (["--attack_stages=final"], "--attack_stages must name one or both of unpruned, pruned"),
     (["--attack_stages=unpruned", "--shadow_sparsity=0.5"], "add 'pruned' to --attack_stages"),
 ])
@@ -214,6 +223,30 @@ def test_ppb_defends_the_fine_tuning_of_target_and_shadows(tmp_path):
     assert stage_lines("ppb", "pretrain") == stage_lines("plain", "pretrain")
     ppb_ft, plain_ft = (json.loads(stage_lines(n, "finetune")[0]) for n in ("ppb", "plain"))
     assert all(a > b for a, b in zip(ppb_ft["train/loss"], plain_ft["train/loss"]))
+
+
+def test_relaxloss_trains_target_and_shadows_from_scratch(tmp_path):
+    # RelaxLoss is a training-from-scratch defense: with --pruning=none it defends pretraining.
+    # A target loss level above the first epoch's loss makes epoch 0 a gradient *ascent*: the
+    # models' loss rises where plain training's falls.
+    common = ["--epochs=2", "--pruning=none", "--num_shadows=1", "--attacks=loss"]
+    r = _run(f"--workdir={tmp_path / 'relax'}", *common, "--defense=relaxloss",
+             "--defense_strength=5", "--relaxloss_upper=0.5")
+    assert r.returncode == 0, r.stderr[-2000:]
+    plain = _run(f"--workdir={tmp_path / 'plain'}", *common)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    res = json.loads((tmp_path / "relax" / "results.json").read_text())
+    assert res["defense"] == {"name": "relaxloss", "strength": 5.0, "stages": ["pretrain"],
+                              "models": "target and shadows", "upper": 0.5}
+    assert "defense relaxloss (strength 5) while pretrain" in r.stdout
+
+    def first_loss(name):
+        line = (tmp_path / name / "metrics.jsonl").read_text().splitlines()[0]
+        return json.loads(line)["train/loss"]
+
+    # train/loss logs the objective: |L - 5| in epoch 0, so L = 5 - logged (L < 5 here).
+    relax = [5 - v for v in first_loss("relax")]
+    assert all(a > b for a, b in zip(relax, first_loss("plain")))
 
 
 def test_attack_stages_pruned_attacks_only_the_pruned_target(tmp_path):

@@ -34,7 +34,7 @@ def test_ppb_hand_worked():
     # KL = 0.75 ln(0.75 / 0.5) + 0.25 ln(0.25 / 0.5) = 0.130812; times lambda = 4.
     logits = jnp.array([[0.0, 0.0], [0.0, math.log(3.0)]])
     d = ppb.make(4.0)
-    value = d.penalty(logits, jnp.zeros(2, jnp.int32), jnp.ones(2))
+    value = d.penalty(logits, jnp.zeros(2, jnp.int32), jnp.ones(2), 0)
     np.testing.assert_allclose(value, 4 * (0.75 * math.log(1.5) + 0.25 * math.log(0.5)),
                                rtol=1e-6)
     assert d.per_example is False and d.name == "ppb"
@@ -43,7 +43,7 @@ def test_ppb_hand_worked():
 @pytest.mark.parametrize("n", [2, 7, 8, 33])
 def test_ppb_matches_the_research_code_formula(n):
     logits = 3.0 * jax.random.normal(jax.random.key(n), (n, 10))
-    value = ppb.make(2.5).penalty(logits, jnp.zeros(n, jnp.int32), jnp.ones(n))
+    value = ppb.make(2.5).penalty(logits, jnp.zeros(n, jnp.int32), jnp.ones(n), 0)
     np.testing.assert_allclose(value, _research_code_ppb(logits, 2.5), rtol=2e-5)
 
 
@@ -55,9 +55,9 @@ def test_ppb_pairs_only_the_real_rows_of_a_padded_batch():
     logits = jnp.concatenate([real[:2], pad[:1], real[2:4], pad[1:], real[4:]])
     weight = jnp.array([1.0, 1, 0, 1, 1, 0, 0, 1])
     term = ppb.make(4.0).penalty
-    np.testing.assert_allclose(term(logits, jnp.zeros(8, jnp.int32), weight),
+    np.testing.assert_allclose(term(logits, jnp.zeros(8, jnp.int32), weight, 0),
                                _research_code_ppb(real, 4.0), rtol=2e-5)
-    assert float(term(logits, jnp.zeros(8, jnp.int32), jnp.array([0.0] * 7 + [1.0]))) == 0.0
+    assert float(term(logits, jnp.zeros(8, jnp.int32), jnp.array([0.0] * 7 + [1.0]), 0)) == 0.0
 
 
 def test_ppb_sees_only_ranked_posteriors():
@@ -66,11 +66,11 @@ def test_ppb_sees_only_ranked_posteriors():
     term = ppb.make(4.0).penalty
     shuffled = jnp.stack([jax.random.permutation(jax.random.key(10 + i), row)
                           for i, row in enumerate(logits)])
-    np.testing.assert_allclose(term(shuffled, labels, jnp.ones(6)),
-                               term(logits, labels, jnp.ones(6)), rtol=1e-6)
+    np.testing.assert_allclose(term(shuffled, labels, jnp.ones(6), 0),
+                               term(logits, labels, jnp.ones(6), 0), rtol=1e-6)
     # Each pair the same posterior up to the class order: nothing to balance.
     same = jnp.concatenate([logits[:3], logits[:3, ::-1]])
-    np.testing.assert_allclose(term(same, labels, jnp.ones(6)), 0.0, atol=1e-6)
+    np.testing.assert_allclose(term(same, labels, jnp.ones(6), 0), 0.0, atol=1e-6)
 
 
 @pytest.mark.parametrize("strength", [0.0, -1.0, float("nan")])
@@ -106,7 +106,7 @@ def test_train_step_adds_the_defense_term():
     def total(p):
         logits = frozen.apply(p, {}, x, train=True)[0]
         ce = jnp.sum(weight * training.LOSSES["cross_entropy"](logits, y)) / 7
-        return ce + defense.penalty(logits, y, weight)
+        return ce + defense.penalty(logits, y, weight, 0)
 
     new, m = step(st, x, y, weight, jax.random.key(2))
     np.testing.assert_allclose(m["loss_sum"], 7 * total(st.params), rtol=1e-5)
