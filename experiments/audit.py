@@ -77,11 +77,12 @@ flags.DEFINE_float("shadow_sparsity", None, "unknown pruning knowledge: shadow s
 flags.DEFINE_string("optimizer", D.optimizer, "adam | sgd (momentum 0.9); with --defense=dp "
                     "these become DP-Adam / DP-SGD")
 flags.DEFINE_string("defense", D.defense, "none | dp (DP-SGD) | ppb (the pruning paper's "
-                    "pair-based posterior balancing) | relaxloss (Chen et al. 2022) | "
-                    "label_smoothing; for the target and, adaptively, the shadows")
+                    "pair-based posterior balancing) | adv (adversarial regularization) | "
+                    "relaxloss (Chen et al. 2022) | label_smoothing; for the target and, "
+                    "adaptively, the shadows")
 flags.DEFINE_float("defense_strength", None, "a loss-term defense's strength: ppb's lambda "
-                   "(default 4), relaxloss's target loss alpha (default 1), label_smoothing's "
-                   "epsilon (default 0.1)")
+                   "(default 4), adv's theta (default 1), relaxloss's target loss alpha "
+                   "(default 1), label_smoothing's epsilon (default 0.1)")
 flags.DEFINE_string("defense_stages", None, "where a loss-term defense trains: all "
                     "(pretraining and fine-tuning) | finetune (only the pruned models' "
                     "fine-tuning); default: its paper's (ppb finetune, the others all)")

@@ -72,11 +72,11 @@ class AuditConfig:
     shadow_pruning: str | None = None  # unknown pruning knowledge: shadows pruned otherwise
     shadow_sparsity: float | None = None
     optimizer: str = "adam"  # 'adam' or 'sgd' (momentum 0.9); with --defense=dp: DP-Adam/DP-SGD
-    # 'none', 'dp' (DP-SGD) or a loss-term defense (defenses.REGISTRY: ppb, relaxloss,
+    # 'none', 'dp' (DP-SGD) or a loss-term defense (defenses.REGISTRY: ppb, adv, relaxloss,
     # label_smoothing); the shadows get the same settings (an adaptive attacker).
     defense: str = "none"
-    # A loss-term defense's strength (ppb: lambda, relaxloss: alpha, label_smoothing: epsilon);
-    # None: the defense's default (4, 1, 0.1).
+    # A loss-term defense's strength (ppb: lambda, adv: theta, relaxloss: alpha,
+    # label_smoothing: epsilon); None: the defense's default (4, 1, 1, 0.1).
     defense_strength: float | None = None
     # Where a loss-term defense trains: 'all' (pretraining and fine-tuning) or 'finetune'; None:
     # the defense's paper (defenses.DEFAULT_STAGES: ppb finetune, the others all).

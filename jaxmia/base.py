@@ -30,23 +30,44 @@ class Model(NamedTuple):
     has_batchnorm: bool
 
 
+class Adversary(NamedTuple):
+    """A defense's own model, trained against the target inside each training step (ADV's
+    inference model): before every target step it takes ``steps`` updates, each on a batch of
+    the model's members and one of its reference (non-member) rows.
+
+    Attributes:
+      init: ``init(key, num_classes) -> state``, the adversary's params and optimizer state.
+      train: ``train(state, member_logits [steps, B, C], member_labels [steps, B],
+        reference_logits [steps, B, C], reference_labels [steps, B], key) -> state``; the
+        logits are the target's (eval mode, no gradient).
+      steps: batches of each kind drawn before every target step.
+    """
+
+    init: Callable[[jax.Array, int], Any]
+    train: Callable[..., Any]
+    steps: int
+
+
 class Defense(NamedTuple):
     """A membership-inference defense as a loss term, added to the training loss by
     :func:`jaxmia.training.make_train_step` (never a copy of the training loop).
 
     Attributes:
-      penalty: ``penalty(logits [B, C], labels [B], weight [B], epoch) -> scalar``, over the
-        real rows of the batch (``weight > 0``; a padded batch's other rows must not count);
+      penalty: ``penalty(logits [B, C], labels [B], weight [B], epoch, state) -> scalar``, over
+        the real rows of the batch (``weight > 0``; a padded batch's other rows must not count);
         ``epoch`` is the int32 index of the fit's epoch (0 first), for defenses that alternate
-        by epoch (RelaxLoss).
+        by epoch (RelaxLoss); ``state`` is the adversary's state after its updates of this step
+        (None without an ``adversary``).
       per_example: False when the term couples the examples of a batch (PPB pairs them), which
         per-example clipping cannot bound; DP-SGD refuses such defenses.
       name: registry name.
       replaces_loss: True when ``penalty`` is the whole objective (RelaxLoss), not a term added
         to the cross-entropy; a regularizer of the params is still added.
+      adversary: a model the defense trains alongside the target (ADV), or None.
     """
 
-    penalty: Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+    penalty: Callable[..., jax.Array]
     per_example: bool
     name: str
     replaces_loss: bool = False
+    adversary: Adversary | None = None

@@ -170,6 +170,7 @@ class TrainState:
     masks: Masks
     model_state: ModelState
     opt_state: optax.OptState
+    defense_state: object = None  # a defense's adversary (ADV's inference model), or None
 
 
 @jax.tree_util.register_dataclass
@@ -233,8 +234,8 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
                     regularizer: Regularizer | None = None, loss: str = "cross_entropy",
                     dp: DPConfig | None = None, batch_size: int | None = None,
                     masked: frozenset | None = None, defense: Defense | None = None):
-    """Returns the pure single-model ``step(state, x, y, weight, key, live=None, epoch=0) ->
-    (state, metrics)``.
+    """Returns the pure single-model ``step(state, x, y, weight, key, live=None, epoch=0,
+    adversary_batches=None) -> (state, metrics)``.
 
     ``weight`` is 1 for real rows and 0 for padding. Without ``dp`` the gradient is that of the
     weighted mean of ``loss`` (a ``LOSSES`` name) plus ``regularizer(params)``, and a batch with no
@@ -250,7 +251,9 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
     ``defense`` (:mod:`jaxmia.defenses`) adds its loss term ``penalty(logits, y, weight, epoch)``
     (``epoch``: the int32 epoch of the fit, 0 first), or replaces the loss with it
     (``defense.replaces_loss``); DP-SGD takes none (a term that couples examples cannot be
-    clipped per example).
+    clipped per example). A defense with an ``adversary`` (ADV) first updates it in
+    ``state.defense_state`` on ``adversary_batches`` = (inputs ``[2, steps, B, ...]``, labels
+    ``[2, steps, B]``), members then references, and its term sees the updated state.
     """
 
     if loss not in LOSSES:
@@ -266,6 +269,17 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
                         f"train with loss='{loss}'")
     loss_of = LOSSES[loss]
 
+    adversary = None if defense is None else defense.adversary
+
+    def adversary_update(state: TrainState, batches, key):
+        """The adversary's updates on the target's eval-mode logits of its batches."""
+        bx, by = batches
+        flat = bx.reshape((-1,) + bx.shape[3:])
+        logits, _ = model.apply(pruning.apply_masks(state.params, state.masks, masked),
+                                state.model_state, flat, train=False)
+        logits = jax.lax.stop_gradient(logits).reshape(by.shape + logits.shape[-1:])
+        return adversary.train(state.defense_state, logits[0], by[0], logits[1], by[1], key)
+
     def loss_fn(params, state, x, y, weight, key, epoch):
         logits, new_model_state = model.apply(pruning.apply_masks(params, state.masks, masked),
                                               state.model_state, x, train=True, key=key,
@@ -274,7 +288,7 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
         n = jnp.sum(weight)
         total = jnp.sum(weight * per_example) / jnp.maximum(n, 1.0)
         if defense is not None:
-            term = defense.penalty(logits, y, weight, epoch)
+            term = defense.penalty(logits, y, weight, epoch, state.defense_state)
             total = term if defense.replaces_loss else total + term
         if regularizer is not None:
             total = total + regularizer(params)
@@ -296,23 +310,31 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
             grads = jax.tree.map(jnp.add, grads, jax.grad(regularizer)(state.params))
         return grads, state.model_state, metrics
 
-    def take(state: TrainState, x, y, weight, key, epoch):
+    def take(state: TrainState, x, y, weight, key, epoch, batches):
+        if adversary is not None:
+            key, adversary_key = jax.random.split(key)
+            state = dataclasses.replace(state, defense_state=adversary_update(
+                state, batches, adversary_key))
         grads, model_state, metrics = gradient(state, x, y, weight, key, epoch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = pruning.apply_masks(optax.apply_updates(state.params, updates), state.masks,
                                      masked)
         return TrainState(step=state.step + 1, params=params, masks=state.masks,
-                          model_state=model_state, opt_state=opt_state), metrics
+                          model_state=model_state, opt_state=opt_state,
+                          defense_state=state.defense_state), metrics
 
-    def skip(state: TrainState, x, y, weight, key, epoch):
-        return state, _zero_metrics(take, state, x, y, weight, key, epoch)
+    def skip(state: TrainState, x, y, weight, key, epoch, batches):
+        return state, _zero_metrics(take, state, x, y, weight, key, epoch, batches)
 
-    def step(state: TrainState, x, y, weight, key, live=None, epoch=0):
+    def step(state: TrainState, x, y, weight, key, live=None, epoch=0, adversary_batches=None):
         if live is None:
             live = jnp.sum(weight) > 0
+        if (adversary is None) != (adversary_batches is None):
+            raise ValueError("adversary_batches go with a defense that has an adversary, only")
         # A cond, not a select of the new and old state: on one model it skips the step's work
         # and copies nothing (a whole-state select cost ~15% of an MLP step on XLA:CPU).
-        return jax.lax.cond(live, take, skip, state, x, y, weight, key, jnp.int32(epoch))
+        return jax.lax.cond(live, take, skip, state, x, y, weight, key, jnp.int32(epoch),
+                            adversary_batches)
 
     return step
 
@@ -336,6 +358,17 @@ def _shuffle_plan(done, idx, n, key, batch_size):
     rows = idx[jnp.minimum(order, n_max - 1)]
     return (rows.reshape(num_batches, batch_size), valid.astype(jnp.float32),
             jnp.any(valid, axis=1), step_key)
+
+
+def _adversary_plan(idx, n, dev_idx, dev_n, key, batch_size, steps):
+    """One model's adversary batches for each step of its epoch: ``[batches, 2, steps,
+    batch_size]`` row indices, members drawn with replacement from its training rows,
+    references from its dev rows (the epoch key's own derivation: the shuffle's are unchanged)."""
+    member_key, reference_key = jax.random.split(jax.random.fold_in(key, 1))
+    shape = (-(-idx.shape[0] // batch_size), steps, batch_size)
+    members = idx[jax.random.randint(member_key, shape, 0, jnp.maximum(n, 1))]
+    references = dev_idx[jax.random.randint(reference_key, shape, 0, jnp.maximum(dev_n, 1))]
+    return jnp.stack([members, references], axis=1)
 
 
 def _poisson_chosen(done, n, n_max, key, batch_size):
@@ -378,16 +411,25 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
     step = make_train_step(model, tx, regularizer, loss, dp=dp, batch_size=batch_size,
                            masked=masked, defense=defense)
 
+    adversary = None if defense is None else defense.adversary
+
+    # ``rows``: a batch's row indices, or with an adversary the pair (those, its member and
+    # reference rows ``[2, steps, B]``).
     def batch_step(state, rows, w, live, step_key, j, epoch, x_all, y_all):
+        batches = None
+        if adversary is not None:
+            rows, extra = rows
+            batches = (x_all[extra], y_all[extra])
         return step(state, x_all[rows], y_all[rows], w, jax.random.fold_in(step_key, j), live,
-                    epoch)
+                    epoch, batches)
 
     def run_one(state, rows, w, live, step_key, epoch, x_all, y_all):
         def body(state, j):
-            return batch_step(state, rows[j], w[j], live[j], step_key, j, epoch, x_all, y_all)
+            return batch_step(state, jax.tree.map(lambda r: r[j], rows), w[j], live[j],
+                              step_key, j, epoch, x_all, y_all)
 
         def run(state):
-            state, metrics = jax.lax.scan(body, state, jnp.arange(rows.shape[0]))
+            state, metrics = jax.lax.scan(body, state, jnp.arange(w.shape[0]))
             return state, jax.tree.map(jnp.sum, metrics)
 
         def skip(state):  # a stopped model: no step (in 'looped' mode, no computation either)
@@ -397,9 +439,16 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
 
     if dp is None:
         plan_all = jax.jit(jax.vmap(functools.partial(_shuffle_plan, batch_size=batch_size)))
+        if adversary is not None:
+            adversary_all = jax.jit(jax.vmap(functools.partial(
+                _adversary_plan, batch_size=batch_size, steps=adversary.steps)))
 
         def plan(es, data, keys):
-            return plan_all(es.done, data.train_idx, data.train_n, keys)
+            rows, w, live, step_keys = plan_all(es.done, data.train_idx, data.train_n, keys)
+            if adversary is not None:
+                rows = (rows, adversary_all(data.train_idx, data.train_n, data.dev_idx,
+                                            data.dev_n, keys))
+            return rows, w, live, step_keys
     else:
         physical = dp.physical(batch_size)
         counts_all = jax.jit(jax.vmap(lambda done, n, key, n_max: _poisson_chosen(
@@ -434,8 +483,9 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
     def epoch(states, es, data: EnsembleData, keys, number=0):
         rows, w, live, step_keys = plan(es, data, keys)
         totals = None
-        for j in range(rows.shape[1]):
-            states, m = step_all(states, rows[:, j], w[:, j], live[:, j], step_keys,
+        for j in range(w.shape[1]):
+            states, m = step_all(states, jax.tree.map(lambda r: r[:, j], rows), w[:, j],
+                                 live[:, j], step_keys,
                                  jnp.int32(j), jnp.int32(number), data.x, data.y)
             totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
         return states, totals
@@ -638,7 +688,9 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
                                    keep="best"),
         regularizer, steps_per_epoch, masked, mesh, defense)
     states = TrainState(step=jnp.zeros((data.num_models,), jnp.int32), params=params, masks=masks,
-                        model_state=model_state, opt_state=init_opt(params))
+                        model_state=model_state, opt_state=init_opt(params),
+                        defense_state=_adversary_init(model, defense, params, model_state, data,
+                                                      keys, num_models))
     es = EarlyStopState(
         best_acc=jnp.full((data.num_models,), -1.0, jnp.float32),
         best_epoch=jnp.full((data.num_models,), -1, jnp.int32),
@@ -698,6 +750,22 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     return FitResult(params=es.best_params, model_state=es.best_model_state, masks=masks,
                      best_epoch=np.asarray(es.best_epoch), best_dev_acc=np.asarray(es.best_acc),
                      epochs_run=epochs_run, steps=np.asarray(states.step))
+
+
+def _adversary_init(model: Model, defense: Defense | None, params, model_state,
+                    data: EnsembleData, keys, num_models: int):
+    """Each model's adversary state (None without one), from its own key (a split of the
+    model's key; its epochs' keys are fold-ins)."""
+    if defense is None or defense.adversary is None:
+        return None
+    if int(np.min(np.asarray(data.dev_n)[:num_models])) < 1:
+        raise UserError(f"the {defense.name} defense trains its adversary on each model's dev "
+                        "rows as non-members; every model needs at least one dev row")
+    one = jax.tree.map(lambda a: a[0], (params, model_state))
+    logits = jax.eval_shape(lambda p, s: model.apply(p, s, data.x[:1], train=False)[0], *one)
+    init_keys = jax.vmap(lambda k: jax.random.split(k)[1])(keys)
+    return jax.jit(jax.vmap(defense.adversary.init, in_axes=(0, None)),
+                   static_argnums=1)(init_keys, int(logits.shape[-1]))
 
 
 def _snapshot(states: TrainState, es: EarlyStopState, epochs_done: int) -> dict:

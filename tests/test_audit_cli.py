@@ -100,7 +100,7 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--defense=relaxloss", "--relaxloss_upper=1.5"], "--relaxloss_upper must be in (0, 1]"),
     (["--defense=label_smoothing", "--defense_strength=1"], "epsilon) must be in (0, 1)"),
     (["--defense=ppb", "--defense_stages=late"], "unknown --defense_stages 'late'"),
-    (["--defense_strength=2"], "--defense_strength sets a loss-term defense (ppb, relaxloss"),
+    (["--defense_strength=2"], "--defense_strength sets a loss-term defense (ppb, adv, relaxl"),
     (["--defense=dp", "--noise_multiplier=1", "--defense_stages=all"],
      "--defense_stages sets a loss-term defense"),
     (["--relaxloss_upper=0.3"], "--relaxloss_upper sets --defense=relaxloss"),
@@ -223,6 +223,27 @@ def test_ppb_defends_the_fine_tuning_of_target_and_shadows(tmp_path):
     assert stage_lines("ppb", "pretrain") == stage_lines("plain", "pretrain")
     ppb_ft, plain_ft = (json.loads(stage_lines(n, "finetune")[0]) for n in ("ppb", "plain"))
     assert all(a > b for a, b in zip(ppb_ft["train/loss"], plain_ft["train/loss"]))
+
+
+def test_adv_defends_the_fine_tuning_with_an_inference_model(tmp_path):
+    common = ["--epochs=2", "--finetune_epochs=1", "--num_shadows=1", "--attacks=loss"]
+    r = _run(f"--workdir={tmp_path / 'adv'}", *common, "--defense=adv")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "adv" / "results.json").read_text())
+    assert res["defense"] == {"name": "adv", "strength": 1.0, "stages": ["finetune"],
+                              "models": "target and shadows"}
+    assert "defense adv (strength 1) while finetune" in r.stdout
+    plain = _run(f"--workdir={tmp_path / 'plain'}", *common)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+
+    def finetune_loss(name):
+        lines = [json.loads(line) for line in
+                 (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [line for line in lines if line["stage"] == "finetune"][0]["train/loss"]
+
+    # The same pretraining, then CE - theta * the inference model's member loss (about ln 2
+    # at first): below the plain fine-tuning's CE for every model.
+    assert all(a < b - 0.3 for a, b in zip(finetune_loss("adv"), finetune_loss("plain")))
 
 
 def test_relaxloss_trains_target_and_shadows_from_scratch(tmp_path):

@@ -10,7 +10,7 @@ from tests.conftest import ROOT
 SCRIPT = r'''
 import json
 import jax, jax.numpy as jnp, numpy as np
-from jaxmia import pruning, sharding, training
+from jaxmia import defenses, pruning, sharding, training
 from jaxmia.dp import DPConfig
 
 assert jax.device_count() == 8, jax.devices()
@@ -18,14 +18,20 @@ from tests.toys import toy_ensemble
 K = 3
 model, params, state, data, keys = toy_ensemble(K)
 out = {}
-for name, cfg in {"adam": training.TrainConfig(epochs=4, batch_size=32, patience=1),
-                  "dp": training.TrainConfig(epochs=3, batch_size=32,
-                                             dp=DPConfig(noise_multiplier=1.0))}.items():
-    ref = training.fit(model, params, state, pruning.ones_like(params), data, cfg, keys)
+adam = training.TrainConfig(epochs=4, batch_size=32, patience=1)
+for name, (cfg, defense) in {
+        "adam": (adam, None),
+        "dp": (training.TrainConfig(epochs=3, batch_size=32, dp=DPConfig(noise_multiplier=1.0)),
+               None),
+        # ADV: each model's inference model is sharded with it.
+        "adv": (training.dataclasses.replace(adam, epochs=2), defenses.REGISTRY["adv"](1.0)),
+        }.items():
+    ref = training.fit(model, params, state, pruning.ones_like(params), data, cfg, keys,
+                       defense=defense)
     for devices in (8, 2):
         mesh = sharding.model_mesh(jax.devices()[:devices])
         got = training.fit(model, params, state, pruning.ones_like(params), data, cfg, keys,
-                           mesh=mesh)
+                           mesh=mesh, defense=defense)
         diff = max(float(jnp.max(jnp.abs(a - b)))
                    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(ref.params)))
         out[f"{name}/{devices}"] = {

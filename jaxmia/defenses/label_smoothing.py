@@ -33,8 +33,8 @@ def make(strength: float = DEFAULT_STRENGTH) -> Defense:
         raise UserError(f"--defense_strength (label smoothing's epsilon) must be in (0, 1), "
                         f"got {strength}")
 
-    def term(logits, labels, weight, epoch):
-        del epoch  # The same every epoch.
+    def term(logits, labels, weight, epoch, state=None):
+        del epoch, state  # The same every epoch; no adversary.
         return objective(logits, labels, weight, strength)
 
     return Defense(penalty=term, per_example=True, name="label_smoothing", replaces_loss=True)

@@ -45,8 +45,8 @@ def make(strength: float = DEFAULT_STRENGTH) -> Defense:
     if not strength > 0:
         raise UserError(f"--defense_strength must be > 0 for ppb, got {strength}")
 
-    def term(logits, labels, weight, epoch):
-        del labels, epoch  # PPB looks only at the ranked posteriors, the same every epoch.
+    def term(logits, labels, weight, epoch, state=None):
+        del labels, epoch, state  # Only the ranked posteriors, the same every epoch.
         return strength * penalty(logits, weight)
 
     return Defense(penalty=term, per_example=False, name="ppb")

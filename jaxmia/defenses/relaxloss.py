@@ -57,7 +57,8 @@ def make(strength: float = DEFAULT_STRENGTH, upper: float = DEFAULT_UPPER) -> De
     if not 0 < upper <= 1:
         raise UserError(f"--relaxloss_upper must be in (0, 1], got {upper}")
 
-    def term(logits, labels, weight, epoch):
+    def term(logits, labels, weight, epoch, state=None):
+        del state  # No adversary.
         return objective(logits, labels, weight, epoch, strength, upper)
 
     return Defense(penalty=term, per_example=False, name="relaxloss", replaces_loss=True)
