@@ -172,7 +172,7 @@ def validate(cfg: AuditConfig) -> AuditConfig:
                         "target; add 'pruned' to --attack_stages")
     if cfg.optimizer not in ("adam", "sgd"):
         raise UserError(f"unknown --optimizer '{cfg.optimizer}'; choose adam or sgd")
-    _validate_dp(cfg)
+    _validate_defense(cfg)
     return cfg
 
 
@@ -181,7 +181,7 @@ ATTACK_STAGES = ("unpruned", "pruned")
 DP_STAGES = ("all", "finetune")
 
 
-def _validate_dp(cfg: AuditConfig) -> None:
+def _validate_defense(cfg: AuditConfig) -> None:
     if cfg.defense not in DEFENSES:
         raise UserError(f"unknown --defense '{cfg.defense}'; choose one of {', '.join(DEFENSES)}")
     for flag, value in (("defense_strength", cfg.defense_strength),

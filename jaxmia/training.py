@@ -248,10 +248,10 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
     leaf (safe for any masks; DP's ghost clipping then assumes no pruned layers). ``live`` (a
     bool) overrides whether the step happens (an early-stopped model takes none); a step that
     does not happen is skipped with ``lax.cond`` (a select of both branches under ``vmap``).
-    ``defense`` (:mod:`jaxmia.defenses`) adds its loss term ``penalty(logits, y, weight, epoch)``
-    (``epoch``: the int32 epoch of the fit, 0 first), or replaces the loss with it
-    (``defense.replaces_loss``); DP-SGD takes none (a term that couples examples cannot be
-    clipped per example). A defense with an ``adversary`` (ADV) first updates it in
+    ``defense`` (:mod:`jaxmia.defenses`) adds its loss term ``penalty(logits, y, weight, epoch,
+    state.defense_state)`` (``epoch``: the int32 epoch of the fit, 0 first), or replaces the loss
+    with it (``defense.replaces_loss``); DP-SGD takes none (a term that couples examples cannot
+    be clipped per example). A defense with an ``adversary`` (ADV) first updates it in
     ``state.defense_state`` on ``adversary_batches`` = (inputs ``[2, steps, B, ...]``, labels
     ``[2, steps, B]``), members then references, and its term sees the updated state.
     """
