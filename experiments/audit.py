@@ -86,6 +86,9 @@ flags.DEFINE_float("defense_strength", None, "a loss-term defense's strength: pp
 flags.DEFINE_string("defense_stages", None, "where a loss-term defense trains: all "
                     "(pretraining and fine-tuning) | finetune (only the pruned models' "
                     "fine-tuning); default: its paper's (ppb finetune, the others all)")
+flags.DEFINE_bool("defense_shadows", D.defense_shadows, "train the shadows with the loss-term "
+                  "defense too (an adaptive attacker); --nodefense_shadows: the target only "
+                  "(mia_prune's default)")
 flags.DEFINE_float("relaxloss_upper", D.relaxloss_upper, "relaxloss: cap on the true class's "
                    "probability in the flattened targets (the authors': 0.3 Purchase, 0.1 "
                    "Texas, 1 CIFAR)")
@@ -144,6 +147,8 @@ def main(argv):
                 defense = f"_{r.defense}{audit_lib.defense_strength(r)}"
                 if r.defense_stages != defenses.DEFAULT_STAGES[r.defense]:
                     defense += f"_{r.defense_stages}"
+                if not r.defense_shadows:
+                    defense += "_nonadaptive"
             cfg = dataclasses.replace(cfg, workdir=f"workdir/{r.dataset}_{r.model}_{r.pruning}"
                                                    f"{r.sparsity}{defense}_s{r.seed}")
         results = audit_lib.run(cfg)

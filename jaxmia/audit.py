@@ -82,6 +82,9 @@ class AuditConfig:
     # the defense's paper (defenses.DEFAULT_STAGES: ppb finetune, the others all).
     defense_stages: str | None = None
     relaxloss_upper: float = 1.0  # RelaxLoss's cap on the flattened targets' true class
+    # True: the shadows train with the defense too (an adaptive attacker); False: only the
+    # target does (mia_prune's default; its adaptive mode loads defended shadows).
+    defense_shadows: bool = True
     noise_multiplier: float | None = None  # DP: sigma; or give target_epsilon instead
     target_epsilon: float | None = None  # DP: calibrate sigma to this epsilon over the max steps
     clip_norm: float = 1.0  # DP: per-example clipping bound C
@@ -191,6 +194,9 @@ def _validate_defense(cfg: AuditConfig) -> None:
                             f"({', '.join(defenses.REGISTRY)}), not --defense={cfg.defense}")
     if cfg.relaxloss_upper != AuditConfig.relaxloss_upper and cfg.defense != "relaxloss":
         raise UserError("--relaxloss_upper sets --defense=relaxloss")
+    if not cfg.defense_shadows and cfg.defense not in defenses.REGISTRY:
+        raise UserError(f"--nodefense_shadows leaves the shadows without a loss-term defense "
+                        f"({', '.join(defenses.REGISTRY)}); --defense={cfg.defense} has none")
     if cfg.defense in defenses.REGISTRY:
         _defense(cfg)  # refuses a bad strength
         if cfg.defense_stages not in defenses.STAGES:
@@ -240,6 +246,13 @@ def _defense(cfg: AuditConfig):
         return None
     options = {"upper": cfg.relaxloss_upper} if cfg.defense == "relaxloss" else {}
     return defenses.REGISTRY[cfg.defense](strength=defense_strength(cfg), **options)
+
+
+def _defended(cfg: AuditConfig, num_models: int, defense):
+    """Which models of a fit the defense trains: all (adaptive), or the target (model 0) only."""
+    if defense is None or cfg.defense_shadows:
+        return None
+    return np.arange(num_models) == 0
 
 
 def _dp_config(cfg: AuditConfig, noise_multiplier: float) -> dp.DPConfig:
@@ -508,7 +521,8 @@ def run(cfg: AuditConfig) -> dict:
     pre = training.fit(model, init_params, init_state, ones, ens, train_cfg,
                        jax.random.split(train_key, num_models), regularizer=reg,
                        checkpoint_dir=os.path.join(ckpt, "pretrain"), metrics_path=metrics_path,
-                       stage="pretrain", mesh=mesh, defense=pre_defense)
+                       stage="pretrain", mesh=mesh, defense=pre_defense,
+                       defended=_defended(cfg, num_models, pre_defense))
     timing["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -528,7 +542,7 @@ def run(cfg: AuditConfig) -> dict:
                                jax.vmap(jax.random.fold_in, in_axes=(0, None))(ft_keys, r),
                                checkpoint_dir=os.path.join(ckpt, f"imp_round{r}"),
                                metrics_path=metrics_path, stage=f"imp_round{r}", mesh=mesh,
-                               defense=defense)
+                               defense=defense, defended=_defended(cfg, num_models, defense))
             results_by_round[r] = res
             finetunes.append(res)
             return res.params
@@ -565,7 +579,8 @@ def run(cfg: AuditConfig) -> dict:
                               masks, ft_ens, ft_cfg, ft_keys,
                               checkpoint_dir=os.path.join(ckpt, "finetune"),
                               metrics_path=metrics_path, stage="finetune", mesh=mesh,
-                              defense=defense)
+                              defense=defense,
+                              defended=_defended(cfg, ft_ens.num_models, defense))
         finetunes.append(pruned)
     timing["prune_finetune"] = time.perf_counter() - t0
 
@@ -625,7 +640,9 @@ def run(cfg: AuditConfig) -> dict:
         if cfg.pruning != "none" and (cfg.finetune_epochs > 0 or cfg.pruning == "imp"):
             trained.append("imp_rounds" if cfg.pruning == "imp" else "finetune")
         out["defense"] = {"name": defense.name, "strength": defense_strength(cfg),
-                          "stages": trained, "models": "target and shadows"}
+                          "stages": trained,
+                          "models": ("target and shadows" if cfg.defense_shadows
+                                     else "target only (shadows undefended)")}
         if defense.name == "relaxloss":
             out["defense"]["upper"] = cfg.relaxloss_upper
     if unknown_knowledge(cfg):

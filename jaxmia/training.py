@@ -171,6 +171,7 @@ class TrainState:
     model_state: ModelState
     opt_state: optax.OptState
     defense_state: object = None  # a defense's adversary (ADV's inference model), or None
+    defended: jax.Array | None = None  # bool: whether the defense trains this model (None: yes)
 
 
 @jax.tree_util.register_dataclass
@@ -289,7 +290,9 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
         total = jnp.sum(weight * per_example) / jnp.maximum(n, 1.0)
         if defense is not None:
             term = defense.penalty(logits, y, weight, epoch, state.defense_state)
-            total = term if defense.replaces_loss else total + term
+            defended = term if defense.replaces_loss else total + term
+            total = (defended if state.defended is None
+                     else jnp.where(state.defended, defended, total))
         if regularizer is not None:
             total = total + regularizer(params)
         correct = jnp.sum(weight * (predicted_class(logits) == y))
@@ -312,16 +315,16 @@ def make_train_step(model: Model, tx: optax.GradientTransformation,
 
     def take(state: TrainState, x, y, weight, key, epoch, batches):
         if adversary is not None:
-            key, adversary_key = jax.random.split(key)
+            # Its own key, derived: the target's dropout draws stay those of a step without it.
             state = dataclasses.replace(state, defense_state=adversary_update(
-                state, batches, adversary_key))
+                state, batches, jax.random.fold_in(key, 1)))
         grads, model_state, metrics = gradient(state, x, y, weight, key, epoch)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = pruning.apply_masks(optax.apply_updates(state.params, updates), state.masks,
                                      masked)
         return TrainState(step=state.step + 1, params=params, masks=state.masks,
                           model_state=model_state, opt_state=opt_state,
-                          defense_state=state.defense_state), metrics
+                          defense_state=state.defense_state, defended=state.defended), metrics
 
     def skip(state: TrainState, x, y, weight, key, epoch, batches):
         return state, _zero_metrics(take, state, x, y, weight, key, epoch, batches)
@@ -646,7 +649,8 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         data: EnsembleData, cfg: TrainConfig, keys: jax.Array, *,
         regularizer: Regularizer | None = None, checkpoint_dir: str | None = None,
         metrics_path: str | None = None, stage: str = "train",
-        stop_after: int | None = None, mesh=None, defense: Defense | None = None) -> FitResult:
+        stop_after: int | None = None, mesh=None, defense: Defense | None = None,
+        defended: np.ndarray | None = None) -> FitResult:
     """Trains an ensemble (leading model axis on params, model_state, masks and keys).
 
     Args:
@@ -657,6 +661,8 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
       keys: typed PRNG keys ``[K]``; epoch ``e`` of model ``k`` uses ``fold_in(keys[k], e)``.
       regularizer: optional extra loss term of the params (e.g. ``pruning.slim_penalty``).
       defense: optional loss-term defense (:mod:`jaxmia.defenses`), for every model of the fit.
+      defended: optional bool ``[K]``: the models the defense trains (the others train without
+        it, e.g. non-adaptive shadows); None: all of them.
       checkpoint_dir: orbax directory for this stage; training resumes from its latest epoch.
       metrics_path: JSONL file; one line per epoch.
       stage: name written in metrics lines and the progress bar.
@@ -670,6 +676,13 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     if cfg.keep not in ("best", "last"):
         raise UserError(f"unknown keep='{cfg.keep}'; choose best or last")
     masked = pruning.masked_paths(masks)  # static: the step multiplies only these by masks
+    if defended is not None:
+        if defense is None:
+            raise UserError("defended needs a defense: it names the models a defense trains")
+        defended = jnp.asarray(defended, bool)
+        if defended.shape != (data.num_models,):
+            raise UserError(f"defended needs one flag per model ({data.num_models}), got shape "
+                            f"{defended.shape}")
     if cfg.dp is not None:
         cfg.dp.validate(cfg.batch_size)
         clipping.check_model(model)
@@ -678,6 +691,8 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         padded = sharding.padded_size(num_models, mesh)
         params, model_state, masks, keys = (sharding.pad(t, num_models, padded)
                                             for t in (params, model_state, masks, keys))
+        if defended is not None:
+            defended = sharding.pad(defended, num_models, padded)
         data = EnsembleData(*sharding.replicate((data.x, data.y), mesh), *sharding.pad(
             (data.train_idx, data.train_n, data.dev_idx, data.dev_n), num_models, padded))
     steps_per_epoch = epoch_steps(data, cfg.batch_size)
@@ -690,7 +705,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     states = TrainState(step=jnp.zeros((data.num_models,), jnp.int32), params=params, masks=masks,
                         model_state=model_state, opt_state=init_opt(params),
                         defense_state=_adversary_init(model, defense, params, model_state, data,
-                                                      keys, num_models))
+                                                      keys, num_models), defended=defended)
     es = EarlyStopState(
         best_acc=jnp.full((data.num_models,), -1.0, jnp.float32),
         best_epoch=jnp.full((data.num_models,), -1, jnp.int32),

@@ -104,6 +104,8 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--defense=dp", "--noise_multiplier=1", "--defense_stages=all"],
      "--defense_stages sets a loss-term defense"),
     (["--relaxloss_upper=0.3"], "--relaxloss_upper sets --defense=relaxloss"),
+    (["--defense=dp", "--noise_multiplier=1", "--nodefense_shadows"],
+     "--nodefense_shadows leaves the shadows without a loss-term defense"),
     (["--attack_stages=final"], "--attack_stages must name one or both of unpruned, pruned"),
     (["--attack_stages=unpruned", "--shadow_sparsity=0.5"], "add 'pruned' to --attack_stages"),
 ])
@@ -223,6 +225,25 @@ def test_ppb_defends_the_fine_tuning_of_target_and_shadows(tmp_path):
     assert stage_lines("ppb", "pretrain") == stage_lines("plain", "pretrain")
     ppb_ft, plain_ft = (json.loads(stage_lines(n, "finetune")[0]) for n in ("ppb", "plain"))
     assert all(a > b for a, b in zip(ppb_ft["train/loss"], plain_ft["train/loss"]))
+
+
+def test_a_non_adaptive_defense_leaves_the_shadows_alone(tmp_path):
+    common = ["--epochs=2", "--finetune_epochs=1", "--num_shadows=2", "--attacks=loss"]
+    r = _run(f"--workdir={tmp_path / 'ppb'}", *common, "--defense=ppb", "--nodefense_shadows")
+    assert r.returncode == 0, r.stderr[-2000:]
+    plain = _run(f"--workdir={tmp_path / 'plain'}", *common)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    res = json.loads((tmp_path / "ppb" / "results.json").read_text())
+    assert res["defense"]["models"] == "target only (shadows undefended)"
+
+    def finetune_loss(name):
+        lines = [json.loads(line) for line in
+                 (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return [line for line in lines if line["stage"] == "finetune"][0]["train/loss"]
+
+    # Model 0 (the target) carries the PPB term; the shadows train exactly as without it.
+    defended, undefended = finetune_loss("ppb"), finetune_loss("plain")
+    assert defended[0] > undefended[0] and defended[1:] == undefended[1:]
 
 
 def test_adv_defends_the_fine_tuning_with_an_inference_model(tmp_path):

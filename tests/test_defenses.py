@@ -1,5 +1,5 @@
 """Loss-term defenses: PPB's value by hand and against the research code's formula, padding,
-its place in the training step, and the refusals."""
+its place in the training step, defending some models of a fit only, and the refusals."""
 
 import math
 
@@ -11,6 +11,7 @@ import pytest
 from jaxmia import defenses, dp, models, pruning, training
 from jaxmia.defenses import ppb
 from jaxmia.errors import UserError
+from tests.toys import toy_ensemble
 
 
 def _research_code_ppb(logits, strength):
@@ -123,3 +124,26 @@ def test_dp_refuses_a_defense_that_couples_examples():
     with pytest.raises(UserError, match="ppb defense cannot be combined with DP-SGD"):
         training.make_train_step(model, tx, dp=dp.DPConfig(noise_multiplier=1.0),
                                  batch_size=10, defense=ppb.make())
+
+
+@pytest.mark.parametrize("name", ["ppb", "adv"])
+def test_a_defense_can_train_some_models_only(name):
+    # Non-adaptive shadows: the defended models equal those of a fit that defends all, the
+    # others those of a fit that defends none (each model's training is its own).
+    model, params, state, data, keys = toy_ensemble(3)
+    ones = pruning.ones_like(params)
+    cfg = training.TrainConfig(epochs=2, batch_size=32, patience=None)
+    d = defenses.REGISTRY[name](1.0)
+    some = training.fit(model, params, state, ones, data, cfg, keys, defense=d,
+                        defended=np.array([True, False, True]))
+    every = training.fit(model, params, state, ones, data, cfg, keys, defense=d)
+    none = training.fit(model, params, state, ones, data, cfg, keys)
+    for k, ref in ((0, every), (1, none), (2, every)):
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[k], b[k], rtol=1e-5, atol=1e-6),
+                     some.params, ref.params)
+    with pytest.raises(UserError, match="one flag per model"):
+        training.fit(model, params, state, ones, data, cfg, keys, defense=d,
+                     defended=np.array([True, False]))
+    with pytest.raises(UserError, match="defended needs a defense"):
+        training.fit(model, params, state, ones, data, cfg, keys,
+                     defended=np.array([True, False, True]))
