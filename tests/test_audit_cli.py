@@ -205,90 +205,78 @@ def test_dp_finetune_only_is_the_pruning_papers_baseline(tmp_path):
         0.5, [(d["sampling_rate"], d["steps"]["finetune"])], d["delta"], "pld"))
 
 
-def test_ppb_defends_the_fine_tuning_of_target_and_shadows(tmp_path):
-    common = ["--epochs=2", "--finetune_epochs=1", "--num_shadows=1", "--attacks=loss"]
-    r = _run(f"--workdir={tmp_path / 'ppb'}", *common, "--defense=ppb", "--defense_strength=8")
+DEFENSE_RUN = ["--epochs=2", "--finetune_epochs=1", "--num_shadows=2", "--attacks=loss"]
+
+
+@pytest.fixture(scope="module")
+def undefended(tmp_path_factory):
+    """The workdir of a short audit without a defense, which the defended runs compare with."""
+    work = tmp_path_factory.mktemp("undefended") / "run"
+    r = _run(f"--workdir={work}", *DEFENSE_RUN)
     assert r.returncode == 0, r.stderr[-2000:]
-    plain = _run(f"--workdir={tmp_path / 'plain'}", *common)
-    assert plain.returncode == 0, plain.stderr[-2000:]
-    res = json.loads((tmp_path / "ppb" / "results.json").read_text())
-    assert res["defense"] == {"name": "ppb", "strength": 8.0, "stages": ["finetune"],
-                              "models": "target and shadows"}
-    assert "defense ppb (strength 8) while finetune" in r.stdout
-    assert "defense" not in json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert "defense" not in json.loads((work / "results.json").read_text())
+    return work
 
-    def stage_lines(name, stage):
-        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        return [line for line in lines if json.loads(line)["stage"] == stage]
 
+def _defended(tmp_path, *args):
+    work = tmp_path / "defended"
+    r = _run(f"--workdir={work}", *DEFENSE_RUN, *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout, work, json.loads((work / "results.json").read_text())["defense"]
+
+
+def _stage_lines(work, stage):
+    lines = (work / "metrics.jsonl").read_text().splitlines()
+    return [line for line in lines if json.loads(line)["stage"] == stage]
+
+
+def _first_loss(work, stage):
+    """Each model's ``train/loss`` in the first epoch of ``stage``."""
+    return json.loads(_stage_lines(work, stage)[0])["train/loss"]
+
+
+def test_ppb_defends_the_fine_tuning_of_target_and_shadows(tmp_path, undefended):
+    out, work, d = _defended(tmp_path, "--defense=ppb", "--defense_strength=8")
+    assert d == {"name": "ppb", "strength": 8.0, "stages": ["finetune"],
+                 "models": "target and shadows"}
+    assert "defense ppb (strength 8) while finetune" in out
     # The same pretraining; the fine-tuning loss of every model now carries the PPB term.
-    assert stage_lines("ppb", "pretrain") == stage_lines("plain", "pretrain")
-    ppb_ft, plain_ft = (json.loads(stage_lines(n, "finetune")[0]) for n in ("ppb", "plain"))
-    assert all(a > b for a, b in zip(ppb_ft["train/loss"], plain_ft["train/loss"]))
+    assert _stage_lines(work, "pretrain") == _stage_lines(undefended, "pretrain")
+    assert all(a > b for a, b in zip(_first_loss(work, "finetune"),
+                                     _first_loss(undefended, "finetune")))
 
 
-def test_a_non_adaptive_defense_leaves_the_shadows_alone(tmp_path):
-    common = ["--epochs=2", "--finetune_epochs=1", "--num_shadows=2", "--attacks=loss"]
-    r = _run(f"--workdir={tmp_path / 'ppb'}", *common, "--defense=ppb", "--nodefense_shadows")
-    assert r.returncode == 0, r.stderr[-2000:]
-    plain = _run(f"--workdir={tmp_path / 'plain'}", *common)
-    assert plain.returncode == 0, plain.stderr[-2000:]
-    res = json.loads((tmp_path / "ppb" / "results.json").read_text())
-    assert res["defense"]["models"] == "target only (shadows undefended)"
-
-    def finetune_loss(name):
-        lines = [json.loads(line) for line in
-                 (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        return [line for line in lines if line["stage"] == "finetune"][0]["train/loss"]
-
+def test_a_non_adaptive_defense_leaves_the_shadows_alone(tmp_path, undefended):
+    _, work, d = _defended(tmp_path, "--defense=ppb", "--nodefense_shadows")
+    assert d["models"] == "target only (shadows undefended)"
     # Model 0 (the target) carries the PPB term; the shadows train exactly as without it.
-    defended, undefended = finetune_loss("ppb"), finetune_loss("plain")
-    assert defended[0] > undefended[0] and defended[1:] == undefended[1:]
+    defended, plain = _first_loss(work, "finetune"), _first_loss(undefended, "finetune")
+    assert defended[0] > plain[0] and defended[1:] == plain[1:]
 
 
-def test_adv_defends_the_fine_tuning_with_an_inference_model(tmp_path):
-    common = ["--epochs=2", "--finetune_epochs=1", "--num_shadows=1", "--attacks=loss"]
-    r = _run(f"--workdir={tmp_path / 'adv'}", *common, "--defense=adv")
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads((tmp_path / "adv" / "results.json").read_text())
-    assert res["defense"] == {"name": "adv", "strength": 1.0, "stages": ["finetune"],
-                              "models": "target and shadows"}
-    assert "defense adv (strength 1) while finetune" in r.stdout
-    plain = _run(f"--workdir={tmp_path / 'plain'}", *common)
-    assert plain.returncode == 0, plain.stderr[-2000:]
-
-    def finetune_loss(name):
-        lines = [json.loads(line) for line in
-                 (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
-        return [line for line in lines if line["stage"] == "finetune"][0]["train/loss"]
-
+def test_adv_defends_the_fine_tuning_with_an_inference_model(tmp_path, undefended):
+    out, work, d = _defended(tmp_path, "--defense=adv")
+    assert d == {"name": "adv", "strength": 1.0, "stages": ["finetune"],
+                 "models": "target and shadows"}
+    assert "defense adv (strength 1) while finetune" in out
     # The same pretraining, then CE - theta * the inference model's member loss (about ln 2
     # at first): below the plain fine-tuning's CE for every model.
-    assert all(a < b - 0.3 for a, b in zip(finetune_loss("adv"), finetune_loss("plain")))
+    assert all(a < b - 0.3 for a, b in zip(_first_loss(work, "finetune"),
+                                           _first_loss(undefended, "finetune")))
 
 
-def test_relaxloss_trains_target_and_shadows_from_scratch(tmp_path):
-    # RelaxLoss is a training-from-scratch defense: with --pruning=none it defends pretraining.
-    # A target loss level above the first epoch's loss makes epoch 0 a gradient *ascent*: the
+def test_relaxloss_trains_target_and_shadows_from_scratch(tmp_path, undefended):
+    # RelaxLoss is a training-from-scratch defense: it defends pretraining and fine-tuning. A
+    # target loss level above the first epoch's loss makes epoch 0 a gradient *ascent*: the
     # models' loss rises where plain training's falls.
-    common = ["--epochs=2", "--pruning=none", "--num_shadows=1", "--attacks=loss"]
-    r = _run(f"--workdir={tmp_path / 'relax'}", *common, "--defense=relaxloss",
-             "--defense_strength=5", "--relaxloss_upper=0.5")
-    assert r.returncode == 0, r.stderr[-2000:]
-    plain = _run(f"--workdir={tmp_path / 'plain'}", *common)
-    assert plain.returncode == 0, plain.stderr[-2000:]
-    res = json.loads((tmp_path / "relax" / "results.json").read_text())
-    assert res["defense"] == {"name": "relaxloss", "strength": 5.0, "stages": ["pretrain"],
-                              "models": "target and shadows", "upper": 0.5}
-    assert "defense relaxloss (strength 5) while pretrain" in r.stdout
-
-    def first_loss(name):
-        line = (tmp_path / name / "metrics.jsonl").read_text().splitlines()[0]
-        return json.loads(line)["train/loss"]
-
+    out, work, d = _defended(tmp_path, "--defense=relaxloss", "--defense_strength=5",
+                             "--relaxloss_upper=0.5")
+    assert d == {"name": "relaxloss", "strength": 5.0, "stages": ["pretrain", "finetune"],
+                 "models": "target and shadows", "upper": 0.5}
+    assert "defense relaxloss (strength 5) while pretrain and finetune" in out
     # train/loss logs the objective: |L - 5| in epoch 0, so L = 5 - logged (L < 5 here).
-    relax = [5 - v for v in first_loss("relax")]
-    assert all(a > b for a, b in zip(relax, first_loss("plain")))
+    relax = [5 - v for v in _first_loss(work, "pretrain")]
+    assert all(a > b for a, b in zip(relax, _first_loss(undefended, "pretrain")))
 
 
 def test_attack_stages_pruned_attacks_only_the_pruned_target(tmp_path):
