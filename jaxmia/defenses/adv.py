@@ -28,8 +28,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxmia import training
 from jaxmia.base import Adversary, Defense, Model
 from jaxmia.errors import UserError
+from jaxmia.models import mlp
+from jaxmia.models.wrap import from_linen
 
 DEFAULT_STRENGTH = 1.0  # theta, the weight of the inference model's gain
 ATTACK_STEPS = 7
@@ -39,17 +42,12 @@ ATTACK_LR, ATTACK_WEIGHT_DECAY = 1e-3, 5e-4
 @functools.lru_cache(maxsize=8)
 def inference_model(num_classes: int) -> Model:
     """The inference model on [p, one-hot y] (``2 * num_classes`` inputs) -> 2 logits."""
-    from jaxmia.models import mlp
-    from jaxmia.models.wrap import from_linen
-
     module = mlp.MLP(2, hidden=(512, 256, 128), dropout=0.2, dropout_layers=2)
     return from_linen(module, (2 * num_classes,), "adv_inference")
 
 
 def optimizer() -> optax.GradientTransformation:
     """PyTorch ``Adam(lr=1e-3, weight_decay=5e-4)``, as the target's own optimizer is built."""
-    from jaxmia import training
-
     return training.make_optimizer(training.TrainConfig(
         optimizer="adam", lr=ATTACK_LR, weight_decay=ATTACK_WEIGHT_DECAY))
 
