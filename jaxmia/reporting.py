@@ -1,6 +1,6 @@
 """Figures a person reads (host side, matplotlib, no display, PNG written atomically): log-log
-ROC curves of attacks, member/non-member histograms (pruning paper Fig. 1) and per-class gap
-bars (its Fig. 4)."""
+ROC curves of attacks, member/non-member histograms (pruning paper Fig. 1), per-class gap
+bars (its Fig. 4) and a defense study's privacy-utility scatter."""
 
 from __future__ import annotations
 
@@ -106,4 +106,37 @@ def plot_per_class(stages: dict[str, dict[str, list]], path: str, title: str) ->
         ax.axhline(0, color="k", lw=0.5)
         ax.legend(fontsize=7)
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def plot_tradeoff(rows: list[dict], path: str, title: str) -> None:
+    """Privacy against utility across the settings of a defense study: the attacked target's
+    test accuracy (x) against each attack's balanced accuracy (y), one colour per attack, each
+    setting named beside its strongest attack; writes a PNG.
+
+    Args:
+      rows: ``jaxmia.defense_study.rows`` of every setting (``setting``, ``test_acc``,
+        ``attack``, ``balanced_accuracy``).
+      path: the PNG to write (atomically).
+      title: figure title.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 5), dpi=120)
+    attacks = list(dict.fromkeys(r["attack"] for r in rows))
+    colors = plt.cm.tab20(np.linspace(0, 1, 20))
+    for i, attack in enumerate(attacks):
+        mine = [r for r in rows if r["attack"] == attack]
+        ax.scatter([r["test_acc"] for r in mine], [r["balanced_accuracy"] for r in mine],
+                   color=colors[i % 20], s=22, label=attack)
+    labels: dict[tuple, list[str]] = {}  # settings whose strongest attacks coincide share one
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        best = max((r for r in rows if r["setting"] == setting),
+                   key=lambda r: r["balanced_accuracy"])
+        labels.setdefault((best["test_acc"], best["balanced_accuracy"]), []).append(setting)
+    for xy, names in labels.items():
+        ax.annotate(", ".join(names), xy, fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.axhline(0.5, color="k", ls="--", lw=0.8, label="chance")
+    ax.set(xlabel="target test accuracy", ylabel="attack balanced accuracy", title=title)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    ax.grid(True, lw=0.3)
     _save(fig, path)

@@ -1,0 +1,67 @@
+r"""Defense study: the same audit once per defense setting, and the privacy-utility table and
+figure across them (the pruning paper's comparison of defenses on the pruned target).
+
+  python experiments/defenses.py --dataset=location --data_dir=../shared/data \
+      --settings=none,ppb:4,adv:1,relaxloss:1,label_smoothing:0.1 --workdir=/tmp/defenses_loc
+
+Each setting's audit goes to --workdir/<setting>/ (results.json, figures, checkpoints; a killed
+study resumes setting by setting); the study writes study.json, study.csv (a row per setting
+and attack) and tradeoff.png into --workdir and prints a table. Settings: none, dp:<noise
+multiplier>, or a loss-term defense (ppb, adv, relaxloss, label_smoothing) with an optional
+:<strength>. Bad input prints one line starting with "error:" and exits with status 2, writing
+nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from absl import app, flags, logging
+
+from jaxmia import audit as audit_lib
+from jaxmia import cli
+from jaxmia import defense_study as lib
+
+D = audit_lib.AuditConfig()
+flags.DEFINE_string("settings", "none,ppb:4,adv:1,relaxloss:1,label_smoothing:0.1",
+                    "comma-separated: none | dp:<noise multiplier> | ppb|adv|relaxloss|"
+                    "label_smoothing[:<strength>]")
+flags.DEFINE_string("dataset", "location", "a dataset name (see experiments/audit.py)")
+flags.DEFINE_string("model", None, "default: mlp for tabular data and digits, resnet18 otherwise")
+flags.DEFINE_string("pruning", D.pruning, "the pruning method of every setting")
+flags.DEFINE_float("sparsity", D.sparsity, "sparsity")
+flags.DEFINE_integer("num_shadows", D.num_shadows, "shadow models")
+flags.DEFINE_integer("epochs", None, "maximum training epochs (default: 50 tabular, 100 images)")
+flags.DEFINE_integer("finetune_epochs", None, "maximum fine-tuning epochs (default: epochs // 2)")
+flags.DEFINE_list("attacks", ["threshold"], "attack names or sets, as experiments/audit.py")
+flags.DEFINE_list("attack_stages", ["pruned"], "unpruned and/or pruned: the study compares the "
+                  "pruned target when it is attacked")
+flags.DEFINE_bool("defense_shadows", D.defense_shadows, "adaptive shadows (trained with the "
+                  "defense); --nodefense_shadows: the target only")
+flags.DEFINE_integer("seed", D.seed, "split seed and root PRNG key")
+flags.DEFINE_string("data_dir", None, "data folder (default: $JAXMIA_DATA_DIR)")
+flags.DEFINE_string("workdir", "workdir/defenses", "the study's folder")
+cli.define_device_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
+
+    def body():
+        base = dataclasses.replace(
+            D, dataset=FLAGS.dataset, model=FLAGS.model, pruning=FLAGS.pruning,
+            sparsity=FLAGS.sparsity, num_shadows=FLAGS.num_shadows, epochs=FLAGS.epochs,
+            finetune_epochs=FLAGS.finetune_epochs, attacks=tuple(FLAGS.attacks),
+            attack_stages=tuple(FLAGS.attack_stages), defense_shadows=FLAGS.defense_shadows,
+            seed=FLAGS.seed, data_dir=FLAGS.data_dir)
+        study = lib.run(base, lib.parse_settings(FLAGS.settings), FLAGS.workdir)
+        return lib.format_table(study), f"{FLAGS.workdir}/study.json"
+
+    cli.run(body)
+
+
+if __name__ == "__main__":
+    app.run(main)
