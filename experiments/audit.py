@@ -89,6 +89,9 @@ flags.DEFINE_string("defense_stages", None, "where a loss-term defense trains: a
 flags.DEFINE_bool("defense_shadows", D.defense_shadows, "train the shadows with the loss-term "
                   "defense too (an adaptive attacker); --nodefense_shadows: the target only "
                   "(mia_prune's default)")
+flags.DEFINE_string("relaxloss_variant", D.relaxloss_variant, "relaxloss's flattening "
+                    "step: tabular (the authors' code for Purchase/Texas) | image (their CIFAR "
+                    "code)")
 flags.DEFINE_float("relaxloss_upper", D.relaxloss_upper, "relaxloss: cap on the true class's "
                    "probability in the flattened targets (the authors': 0.3 Purchase, 0.1 "
                    "Texas, 1 CIFAR)")

@@ -82,6 +82,7 @@ class AuditConfig:
     # the defense's paper (defenses.DEFAULT_STAGES: ppb finetune, the others all).
     defense_stages: str | None = None
     relaxloss_upper: float = 1.0  # RelaxLoss's cap on the flattened targets' true class
+    relaxloss_variant: str = "tabular"  # RelaxLoss's flattening: the authors' tabular or image
     # True: the shadows train with the defense too (an adaptive attacker); False: only the
     # target does (mia_prune's default; its adaptive mode loads defended shadows).
     defense_shadows: bool = True
@@ -192,8 +193,9 @@ def _validate_defense(cfg: AuditConfig) -> None:
         if value is not None and cfg.defense not in defenses.REGISTRY:
             raise UserError(f"--{flag} sets a loss-term defense "
                             f"({', '.join(defenses.REGISTRY)}), not --defense={cfg.defense}")
-    if cfg.relaxloss_upper != AuditConfig.relaxloss_upper and cfg.defense != "relaxloss":
-        raise UserError("--relaxloss_upper sets --defense=relaxloss")
+    for flag in ("relaxloss_upper", "relaxloss_variant"):
+        if getattr(cfg, flag) != getattr(AuditConfig, flag) and cfg.defense != "relaxloss":
+            raise UserError(f"--{flag} sets --defense=relaxloss")
     if not cfg.defense_shadows and cfg.defense not in defenses.REGISTRY:
         raise UserError(f"--nodefense_shadows leaves the shadows without a loss-term defense "
                         f"({', '.join(defenses.REGISTRY)}); --defense={cfg.defense} has none")
@@ -244,7 +246,8 @@ def _defense(cfg: AuditConfig):
     """The loss-term defense of ``--defense`` (None for 'none' and 'dp')."""
     if cfg.defense not in defenses.REGISTRY:
         return None
-    options = {"upper": cfg.relaxloss_upper} if cfg.defense == "relaxloss" else {}
+    options = ({"upper": cfg.relaxloss_upper, "variant": cfg.relaxloss_variant}
+               if cfg.defense == "relaxloss" else {})
     return defenses.REGISTRY[cfg.defense](strength=defense_strength(cfg), **options)
 
 
@@ -644,7 +647,8 @@ def run(cfg: AuditConfig) -> dict:
                           "models": ("target and shadows" if cfg.defense_shadows
                                      else "target only (shadows undefended)")}
         if defense.name == "relaxloss":
-            out["defense"]["upper"] = cfg.relaxloss_upper
+            out["defense"].update(upper=cfg.relaxloss_upper,
+                                  variant=cfg.relaxloss_variant)
     if unknown_knowledge(cfg):
         out["unknown_pruning_knowledge"] = {
             "shadow_pruning": cfg.shadow_pruning or cfg.pruning,

@@ -104,6 +104,8 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--defense=dp", "--noise_multiplier=1", "--defense_stages=all"],
      "--defense_stages sets a loss-term defense"),
     (["--relaxloss_upper=0.3"], "--relaxloss_upper sets --defense=relaxloss"),
+    (["--relaxloss_variant=image"], "--relaxloss_variant sets --defense=relaxloss"),
+    (["--defense=relaxloss", "--relaxloss_variant=cifar"], "unknown --relaxloss_variant 'cifar'"),
     (["--defense=dp", "--noise_multiplier=1", "--nodefense_shadows"],
      "--nodefense_shadows leaves the shadows without a loss-term defense"),
     (["--attack_stages=final"], "--attack_stages must name one or both of unpruned, pruned"),
@@ -272,7 +274,7 @@ def test_relaxloss_trains_target_and_shadows_from_scratch(tmp_path, undefended):
     out, work, d = _defended(tmp_path, "--defense=relaxloss", "--defense_strength=5",
                              "--relaxloss_upper=0.5")
     assert d == {"name": "relaxloss", "strength": 5.0, "stages": ["pretrain", "finetune"],
-                 "models": "target and shadows", "upper": 0.5}
+                 "models": "target and shadows", "upper": 0.5, "variant": "tabular"}
     assert "defense relaxloss (strength 5) while pretrain and finetune" in out
     # train/loss logs the objective: |L - 5| in epoch 0, so L = 5 - logged (L < 5 here).
     relax = [5 - v for v in _first_loss(work, "pretrain")]

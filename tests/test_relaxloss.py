@@ -39,9 +39,28 @@ def test_relaxloss_hand_worked(alpha, upper, epoch, expect):
     assert d.replaces_loss and not d.per_example and d.name == "relaxloss"
 
 
-def _authors_code(logits, labels, epoch, alpha, upper):
-    """``source/nonimage/defense/relaxloss.py``'s loss, transcribed in NumPy (float64)."""
-    z = np.asarray(logits, np.float64)
+def test_the_image_variant_hand_worked():
+    # Odd epoch below alpha. Both rows of LOGITS are classified correctly (row 0's tie goes to
+    # class 0, as torch.argmax's): the image code's flattening is -CE there, -0.490415.
+    d = relaxloss.make(1.0, variant="image")
+    np.testing.assert_allclose(d.penalty(LOGITS, LABELS, jnp.ones(2), jnp.int32(1)), -CE,
+                               rtol=1e-6)
+    # (0, ln 3) with label 0 is misclassified: p = (0.25, 0.75), targets (0.25, 0.75),
+    # CE(soft) = -(0.25 ln 0.25 + 0.75 ln 0.75) = 0.562335, minus CE = ln 4: -0.823959.
+    wrong = jnp.array([[0.0, math.log(3.0)]])
+    np.testing.assert_allclose(
+        relaxloss.make(5.0, variant="image").penalty(wrong, LABELS[:1], jnp.ones(1),
+                                                     jnp.int32(1)),
+        -0.25 * math.log(0.25) - 0.75 * math.log(0.75) - math.log(4.0), rtol=1e-6)
+    # Even epochs are the same in both variants.
+    np.testing.assert_allclose(d.penalty(LOGITS, LABELS, jnp.ones(2), jnp.int32(0)), 1.0 - CE,
+                               rtol=1e-6)
+
+
+def _authors_code(logits, labels, epoch, alpha, upper, variant="tabular"):
+    """``source/nonimage/defense/relaxloss.py``'s loss (``variant='image'``: the flattening of
+    ``source/cifar/defense/relaxloss.py``), transcribed in NumPy (float64)."""
+    z, labels = np.asarray(logits, np.float64), np.asarray(labels)
     z = z - z.max(-1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(-1, keepdims=True))
     n, c = z.shape
@@ -53,21 +72,29 @@ def _authors_code(logits, labels, epoch, alpha, upper):
     conf = np.clip(np.exp(log_p)[np.arange(n), labels], 0.0, upper)
     onehot = np.eye(c)[labels]
     soft = onehot * conf[:, None] + (1 - onehot) * ((1 - conf) / (c - 1))[:, None]
+    if variant == "image":
+        correct = (z.argmax(-1) == labels).astype(np.float64)
+        rows = (1 - correct) * np.sum(-(soft * log_p), axis=-1) + log_p[np.arange(n), labels]
+        return np.mean(rows)
     return np.sum(-(soft * log_p)) / n
 
 
-@pytest.mark.parametrize("n,alpha,upper", [(3, 0.5, 1.0), (17, 4.0, 0.3), (64, 1.0, 0.1)])
+@pytest.mark.parametrize("n,alpha,upper,variant", [(3, 0.5, 1.0, "tabular"),
+                                                   (17, 4.0, 0.3, "tabular"),
+                                                   (64, 1.0, 0.1, "tabular"),
+                                                   (17, 4.0, 0.3, "image"),
+                                                   (64, 3.0, 1.0, "image")])
 @pytest.mark.parametrize("epoch", [0, 1])
-def test_relaxloss_matches_the_authors_code_on_the_real_rows(n, alpha, upper, epoch):
+def test_relaxloss_matches_the_authors_code_on_the_real_rows(n, alpha, upper, variant, epoch):
     logits = 2.0 * jax.random.normal(jax.random.key(n), (n, 7))
     labels = jax.random.randint(jax.random.key(n + 1), (n,), 0, 7)
     pad = 50.0 * jax.random.normal(jax.random.key(n + 2), (5, 7))
     padded = jnp.concatenate([logits[:1], pad, logits[1:]])
     padded_labels = jnp.concatenate([labels[:1], jnp.zeros(5, jnp.int32), labels[1:]])
     weight = jnp.array([1.0] + [0.0] * 5 + [1.0] * (n - 1))
-    value = relaxloss.make(alpha, upper=upper).penalty(padded, padded_labels, weight,
-                                                       jnp.int32(epoch))
-    np.testing.assert_allclose(value, _authors_code(logits, labels, epoch, alpha, upper),
+    value = relaxloss.make(alpha, upper=upper, variant=variant).penalty(
+        padded, padded_labels, weight, jnp.int32(epoch))
+    np.testing.assert_allclose(value, _authors_code(logits, labels, epoch, alpha, upper, variant),
                                rtol=2e-5)
 
 
@@ -163,6 +190,8 @@ def test_refusals():
     for bad in (0.0, 1.5):
         with pytest.raises(UserError, match="--relaxloss_upper must be in"):
             relaxloss.make(1.0, upper=bad)
+    with pytest.raises(UserError, match="unknown --relaxloss_variant 'cifar'"):
+        relaxloss.make(1.0, variant="cifar")
     model, tx, *_ = _sgd_setup()
     with pytest.raises(UserError, match="relaxloss defense cannot be combined with DP-SGD"):
         training.make_train_step(model, tx, dp=dp.DPConfig(noise_multiplier=1.0),
