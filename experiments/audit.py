@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from jaxmia import attacks, cli, defenses, features
 from jaxmia import audit as audit_lib
@@ -122,9 +122,6 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
     # Every AuditConfig field has a flag of the same name.
     values = {f.name: getattr(FLAGS, f.name) for f in dataclasses.fields(audit_lib.AuditConfig)}
     config = audit_lib.AuditConfig(**{**values, "attacks": tuple(values["attacks"]),
@@ -157,7 +154,7 @@ def main(argv):
         results = audit_lib.run(cfg)
         return audit_lib.format_table(results), f"{cfg.workdir}/results.json"
 
-    cli.run(body)
+    cli.run(body, argv)
 
 
 if __name__ == "__main__":

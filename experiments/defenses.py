@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from jaxmia import audit as audit_lib
 from jaxmia import cli
@@ -51,10 +51,6 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
-
     def body():
         base = dataclasses.replace(
             D, dataset=FLAGS.dataset, model=FLAGS.model, pruning=FLAGS.pruning,
@@ -65,7 +61,7 @@ def main(argv):
         study = lib.run(base, lib.parse_settings(FLAGS.settings), FLAGS.workdir)
         return lib.format_table(study), f"{FLAGS.workdir}/study.json"
 
-    cli.run(body)
+    cli.run(body, argv)
 
 
 if __name__ == "__main__":

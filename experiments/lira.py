@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from jaxmia import cli
 from jaxmia import reference_audit as lib
@@ -50,9 +50,6 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    logging.set_verbosity(logging.WARNING)
     cfg = lib.StudyConfig(**{f.name: getattr(FLAGS, f.name)
                              for f in dataclasses.fields(lib.StudyConfig)})
 
@@ -60,7 +57,7 @@ def main(argv):
         results = lib.run(cfg)
         return lib.format_table(results), f"{cfg.workdir}/results.json"
 
-    cli.run(body)
+    cli.run(body, argv)
 
 
 if __name__ == "__main__":

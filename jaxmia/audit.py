@@ -514,7 +514,7 @@ def run(cfg: AuditConfig) -> dict:
     init_params, init_state = training.init_ensemble(model, jax.random.split(init_key, num_models))
     ones = pruning.ones_like(init_params)
     defense = _defense(cfg)  # a loss term of every model's training (adaptive shadows)
-    pre_defense = defense if cfg.resolved().defense_stages == "all" else None
+    pre_defense = defense if cfg.defense_stages == "all" else None
 
     t0 = time.perf_counter()
     _log(f"[audit] training target + {cfg.num_shadows} shadows on {cfg.dataset} "

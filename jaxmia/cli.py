@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from absl import flags
+from absl import app, flags, logging
 
 from jaxmia import sharding
 from jaxmia.errors import UserError
@@ -33,9 +33,14 @@ def start_devices() -> None:
     sharding.start_processes(f.coordinator, f.num_processes, f.process_id)
 
 
-def run(body: Callable[[], tuple[str, str]]) -> None:
-    """Calls :func:`start_devices`, then ``body() -> (table, results path)`` and prints both; a
-    ``UserError`` prints ``error: <message>`` on stderr and exits with status 2."""
+def run(body: Callable[[], tuple[str, str]], argv=None) -> None:
+    """Refuses leftover command-line arguments (``argv`` past the program name) and silences
+    Orbax's INFO logs (it logs every save), calls :func:`start_devices`, then ``body() ->
+    (table, results path)`` and prints both; a ``UserError`` prints ``error: <message>`` on
+    stderr and exits with status 2."""
+    if argv is not None and len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)
     try:
         start_devices()
         table, path = body()
