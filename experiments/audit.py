@@ -29,6 +29,7 @@ from absl import app, flags
 
 from jaxmia import attacks, cli, defenses, features
 from jaxmia import audit as audit_lib
+from jaxmia.defenses import wemem
 from jaxmia.errors import UserError
 
 D = audit_lib.AuditConfig()
@@ -78,14 +79,17 @@ flags.DEFINE_string("optimizer", D.optimizer, "adam | sgd (momentum 0.9); with -
                     "these become DP-Adam / DP-SGD")
 flags.DEFINE_string("defense", D.defense, "none | dp (DP-SGD) | ppb (the pruning paper's "
                     "pair-based posterior balancing) | adv (adversarial regularization) | "
-                    "relaxloss (Chen et al. 2022) | label_smoothing; for the target and, "
+                    "relaxloss (Chen et al. 2022) | label_smoothing | WeMem's data schedules rsw "
+                    "(sliding window) | rmr (risky-memory regularization) | swmr (both); for "
+                    "the target and, "
                     "adaptively, the shadows")
 flags.DEFINE_float("defense_strength", None, "a loss-term defense's strength: ppb's lambda "
                    "(default 4), adv's theta (default 1), relaxloss's target loss alpha "
                    "(default 1), label_smoothing's epsilon (default 0.1)")
 flags.DEFINE_string("defense_stages", None, "where a loss-term defense trains: all "
                     "(pretraining and fine-tuning) | finetune (only the pruned models' "
-                    "fine-tuning); default: its paper's (ppb finetune, the others all)")
+                    "fine-tuning); default: its paper's (ppb, adv and WeMem's finetune, the others "
+                    "all)")
 flags.DEFINE_bool("defense_shadows", D.defense_shadows, "train the shadows with the loss-term "
                   "defense too (an adaptive attacker); --nodefense_shadows: the target only "
                   "(mia_prune's default)")
@@ -95,6 +99,23 @@ flags.DEFINE_string("relaxloss_variant", D.relaxloss_variant, "relaxloss's flatt
 flags.DEFINE_float("relaxloss_upper", D.relaxloss_upper, "relaxloss: cap on the true class's "
                    "probability in the flattened targets (the authors': 0.3 Purchase, 0.1 "
                    "Texas, 1 CIFAR)")
+flags.DEFINE_string("memorization_scores", None, "rsw/rmr/swmr: the memorization.npz of "
+                    "experiments/lira.py --population_fraction=0 on this dataset (a score for "
+                    "every row)")
+flags.DEFINE_integer("wemem_width", D.wemem_width, "rsw/swmr: window rows per class (the "
+                     "authors': 15 Location, 500 CIFAR-10)")
+flags.DEFINE_integer("wemem_stride", D.wemem_stride, "rsw/swmr: rows the window moves each "
+                     "epoch (the authors': 1 Location, 50 RSW / 100 SWMR CIFAR-10)")
+flags.DEFINE_string("wemem_order", None, "rsw/swmr: " + " | ".join(wemem.ORDERS) + " (by "
+                    "memorization score; default: the authors' best, rsw low_first, swmr "
+                    "high_first)")
+flags.DEFINE_float("wemem_threshold", D.wemem_threshold, "rmr/swmr: rows with memorization >= "
+                   "this train with their own optimizer (the authors': 0.6 Location, 0.5 "
+                   "CIFAR-10)")
+flags.DEFINE_float("wemem_weight_decay", D.wemem_weight_decay, "rmr/swmr: that optimizer's "
+                   "weight decay")
+flags.DEFINE_string("wemem_windows", D.wemem_windows, "rsw/swmr: per_class | code (the "
+                    "released code's clamping: a short class's window end carries over)")
 flags.DEFINE_float("noise_multiplier", None, "DP: noise standard deviation / clip norm")
 flags.DEFINE_float("target_epsilon", None, "DP: calibrate the noise multiplier to this epsilon "
                    "(at --delta, over the most steps the run can take)")
@@ -143,6 +164,13 @@ def main(argv):
             elif r.defense == "dp":
                 level = r.noise_multiplier if r.target_epsilon is None else r.target_epsilon
                 defense = f"_dp{level}"
+            elif r.defense in wemem.KINDS:
+                defense = f"_{r.defense}" + ("" if r.defense == "rmr" else
+                                             f"_w{r.wemem_width}s{r.wemem_stride}")
+                if r.defense_stages != "finetune":
+                    defense += f"_{r.defense_stages}"
+                if not r.defense_shadows:
+                    defense += "_nonadaptive"
             else:
                 defense = f"_{r.defense}{audit_lib.defense_strength(r)}"
                 if r.defense_stages != defenses.DEFAULT_STAGES[r.defense]:

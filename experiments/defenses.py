@@ -8,8 +8,8 @@ Each setting's audit goes to --workdir/<setting>/ (results.json, figures, checkp
 study resumes setting by setting); the study writes study.json, study.csv (a row per setting
 and attack) and tradeoff.png into --workdir and prints a table. Settings: none, dp:<noise
 multiplier>, or a loss-term defense (ppb, adv, relaxloss, label_smoothing) with an optional
-:<strength>. Bad input prints one line starting with "error:" and exits with status 2, writing
-nothing.
+:<strength>, or a WeMem schedule (rsw, rmr, swmr; needs --memorization_scores). Bad input
+prints one line starting with "error:" and exits with status 2, writing nothing.
 
 Measured on 2 CPU cores (2026-12-01, BUILD_NOTES.md), the command above with dp:1.5 added:
 3 min 18 s; the pruned target's test accuracy 0.5621 undefended, 0.4778-0.5496 with the
@@ -30,7 +30,8 @@ from jaxmia import defense_study as lib
 D = audit_lib.AuditConfig()
 flags.DEFINE_string("settings", "none,ppb:4,adv:1,relaxloss:1,label_smoothing:0.1",
                     "comma-separated: none | dp:<noise multiplier> | ppb|adv|relaxloss|"
-                    "label_smoothing[:<strength>]")
+                    "label_smoothing[:<strength>] | rsw | rmr | swmr (WeMem's schedules, with "
+                    "--memorization_scores)")
 flags.DEFINE_string("dataset", "location", "a dataset name (see experiments/audit.py)")
 flags.DEFINE_string("model", None, "default: mlp for tabular data and digits, resnet18 otherwise")
 flags.DEFINE_string("pruning", D.pruning, "the pruning method of every setting")
@@ -43,6 +44,9 @@ flags.DEFINE_list("attack_stages", ["pruned"], "unpruned and/or pruned: the stud
                   "pruned target when it is attacked")
 flags.DEFINE_bool("defense_shadows", D.defense_shadows, "adaptive shadows (trained with the "
                   "defense); --nodefense_shadows: the target only")
+flags.DEFINE_string("memorization_scores", None, "the WeMem settings' scores: memorization.npz "
+                    "of experiments/lira.py --population_fraction=0 on this dataset (their "
+                    "other settings are experiments/audit.py's defaults)")
 flags.DEFINE_integer("seed", D.seed, "split seed and root PRNG key")
 flags.DEFINE_string("data_dir", None, "data folder (default: $JAXMIA_DATA_DIR)")
 flags.DEFINE_string("workdir", "workdir/defenses", "the study's folder")
@@ -57,7 +61,8 @@ def main(argv):
             sparsity=FLAGS.sparsity, num_shadows=FLAGS.num_shadows, epochs=FLAGS.epochs,
             finetune_epochs=FLAGS.finetune_epochs, attacks=tuple(FLAGS.attacks),
             attack_stages=tuple(FLAGS.attack_stages), defense_shadows=FLAGS.defense_shadows,
-            seed=FLAGS.seed, data_dir=FLAGS.data_dir)
+            seed=FLAGS.seed, data_dir=FLAGS.data_dir,
+            memorization_scores=FLAGS.memorization_scores)
         study = lib.run(base, lib.parse_settings(FLAGS.settings), FLAGS.workdir)
         return lib.format_table(study), f"{FLAGS.workdir}/study.json"
 

@@ -25,7 +25,8 @@ flags.DEFINE_string("model", None, "default: mlp for tabular data and digits, re
 flags.DEFINE_string("norm", None, "batch | group | none")
 flags.DEFINE_integer("num_models", D.num_models, "models of the membership matrix (>= 4)")
 flags.DEFINE_float("population_fraction", D.population_fraction, "fraction of rows no model "
-                   "trains on (RMIA's population samples)")
+                   "trains on (RMIA's population samples); 0: none, RMIA left out, a "
+                   "memorization score for every row (what --defense=rsw|rmr|swmr needs)")
 flags.DEFINE_integer("epochs", D.epochs, "training epochs (no early stopping)")
 flags.DEFINE_integer("batch_size", D.batch_size, "batch size")
 flags.DEFINE_float("lr", D.lr, "Adam learning rate")

@@ -9,6 +9,7 @@ shadows). Every stage checkpoints under ``<workdir>/ckpt``; a rerun with the sam
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -34,6 +35,7 @@ from jaxmia import (
     sharding,
     training,
 )
+from jaxmia.defenses import wemem
 from jaxmia.errors import UserError
 
 PRUNING_CHOICES = tuple(pruning.METHODS) + ("imp", "none")
@@ -86,6 +88,16 @@ class AuditConfig:
     # True: the shadows train with the defense too (an adaptive attacker); False: only the
     # target does (mia_prune's default; its adaptive mode loads defended shadows).
     defense_shadows: bool = True
+    # WeMem's data schedules (--defense=rsw|rmr|swmr, jaxmia.defenses.wemem): the per-row
+    # memorization scores they rank by (experiments/lira.py's memorization.npz), RSW's window
+    # (rows per class, move per epoch) and order, RMR's threshold and risky-row weight decay.
+    memorization_scores: str | None = None
+    wemem_width: int = wemem.DEFAULT_WIDTH
+    wemem_stride: int = wemem.DEFAULT_STRIDE
+    wemem_order: str | None = None  # None: the authors' best (rsw low_first, swmr high_first)
+    wemem_threshold: float = wemem.DEFAULT_THRESHOLD
+    wemem_weight_decay: float = wemem.DEFAULT_WEIGHT_DECAY
+    wemem_windows: str = "per_class"  # or 'code': the released code's clamping of windows
     noise_multiplier: float | None = None  # DP: sigma; or give target_epsilon instead
     target_epsilon: float | None = None  # DP: calibrate sigma to this epsilon over the max steps
     clip_norm: float = 1.0  # DP: per-example clipping bound C
@@ -108,19 +120,33 @@ class AuditConfig:
             50 if data.is_small(self.dataset) else 100)
         finetune = self.finetune_epochs if self.finetune_epochs is not None else epochs // 2
         strength, stages = self.defense_strength, self.defense_stages
+        order = self.wemem_order
         if self.defense in defenses.REGISTRY:
             strength = defenses.DEFAULT_STRENGTH[self.defense] if strength is None else strength
             stages = defenses.DEFAULT_STAGES[self.defense] if stages is None else stages
+        if self.defense in wemem.KINDS:  # WeMem defends the fine-tuning of pruned models
+            stages = "finetune" if stages is None else stages
+            if self.defense != "rmr":
+                order = wemem.DEFAULT_ORDER[self.defense] if order is None else order
         return dataclasses.replace(self, model=model, epochs=epochs, finetune_epochs=finetune,
-                                   defense_strength=strength, defense_stages=stages)
+                                   defense_strength=strength, defense_stages=stages,
+                                   wemem_order=order)
 
     def fingerprint(self) -> dict:
         """The settings a checkpoint depends on (paths and attack choice excluded)."""
         d = dataclasses.asdict(self.resolved())
         for k in ("data_dir", "workdir", "attacks", "attack_stages", "checkpoint_every",
                   "sensitivity_samples", "sensitivity_epsilon", "sensitivity_noise",
-                  "label_only_examples", "blindmi_reference", "attack_epochs"):
+                  "label_only_examples", "blindmi_reference", "attack_epochs",
+                  "memorization_scores"):
             d.pop(k)
+        if self.defense in wemem.KINDS and self.memorization_scores:
+            # The scores' content, not their path, fixes the result.
+            try:
+                with open(self.memorization_scores, "rb") as f:
+                    d["memorization_scores_sha256"] = hashlib.sha256(f.read()).hexdigest()
+            except OSError:
+                d["memorization_scores_sha256"] = None
         return d
 
 
@@ -180,7 +206,9 @@ def validate(cfg: AuditConfig) -> AuditConfig:
     return cfg
 
 
-DEFENSES = ("none", "dp") + tuple(defenses.REGISTRY)
+DEFENSES = ("none", "dp") + tuple(defenses.REGISTRY) + wemem.KINDS
+WEMEM_FLAGS = ("memorization_scores", "wemem_width", "wemem_stride", "wemem_order",
+               "wemem_threshold", "wemem_weight_decay", "wemem_windows")
 ATTACK_STAGES = ("unpruned", "pruned")
 DP_STAGES = ("all", "finetune")
 
@@ -188,18 +216,28 @@ DP_STAGES = ("all", "finetune")
 def _validate_defense(cfg: AuditConfig) -> None:
     if cfg.defense not in DEFENSES:
         raise UserError(f"unknown --defense '{cfg.defense}'; choose one of {', '.join(DEFENSES)}")
-    for flag, value in (("defense_strength", cfg.defense_strength),
-                        ("defense_stages", cfg.defense_stages)):
-        if value is not None and cfg.defense not in defenses.REGISTRY:
-            raise UserError(f"--{flag} sets a loss-term defense "
-                            f"({', '.join(defenses.REGISTRY)}), not --defense={cfg.defense}")
+    if cfg.defense_strength is not None and cfg.defense not in defenses.REGISTRY:
+        raise UserError(f"--defense_strength sets a loss-term defense "
+                        f"({', '.join(defenses.REGISTRY)}), not --defense={cfg.defense}")
+    trained = tuple(defenses.REGISTRY) + wemem.KINDS
+    if cfg.defense_stages is not None and cfg.defense not in trained:
+        raise UserError(f"--defense_stages sets a loss-term defense or a WeMem schedule "
+                        f"({', '.join(trained)}), not --defense={cfg.defense}")
+    if cfg.defense not in wemem.KINDS:
+        for flag in WEMEM_FLAGS:
+            if getattr(cfg, flag) != getattr(AuditConfig, flag):
+                raise UserError(f"--{flag} sets WeMem's schedules (--defense="
+                                f"{'|'.join(wemem.KINDS)}), not --defense={cfg.defense}")
+    else:
+        _validate_wemem(cfg)
     for flag in ("relaxloss_upper", "relaxloss_variant"):
         if getattr(cfg, flag) != getattr(AuditConfig, flag) and cfg.defense != "relaxloss":
             raise UserError(f"--{flag} sets --defense=relaxloss")
-    if not cfg.defense_shadows and cfg.defense not in defenses.REGISTRY:
-        raise UserError(f"--nodefense_shadows leaves the shadows without a loss-term defense "
-                        f"({', '.join(defenses.REGISTRY)}); --defense={cfg.defense} has none")
-    if cfg.defense in defenses.REGISTRY:
+    if not cfg.defense_shadows and cfg.defense not in trained:
+        raise UserError(f"--nodefense_shadows leaves the shadows without a loss-term defense or "
+                        f"WeMem schedule ({', '.join(trained)}); --defense={cfg.defense} has "
+                        "none")
+    if cfg.defense in trained:
         _defense(cfg)  # refuses a bad strength
         if cfg.defense_stages not in defenses.STAGES:
             raise UserError(f"unknown --defense_stages '{cfg.defense_stages}'; choose one of "
@@ -235,6 +273,61 @@ def _validate_defense(cfg: AuditConfig) -> None:
         raise UserError("network slimming needs BatchNorm, which DP-SGD cannot train; choose "
                         "another --pruning method with --defense=dp")
     _dp_config(cfg, 1.0).validate(cfg.batch_size)
+
+
+def _validate_wemem(cfg: AuditConfig) -> None:
+    if not cfg.memorization_scores:
+        raise UserError(f"--defense={cfg.defense} ranks rows by memorization: pass "
+                        "--memorization_scores=<memorization.npz of experiments/lira.py "
+                        "--population_fraction=0 on this dataset>")
+    if not os.path.isfile(cfg.memorization_scores):
+        raise UserError(f"--memorization_scores file {cfg.memorization_scores} does not exist; "
+                        "pass the memorization.npz that experiments/lira.py wrote")
+    if cfg.defense == "rmr" and cfg.wemem_order is not None:
+        raise UserError("--wemem_order sets RSW's and SWMR's windows; --defense=rmr has none")
+    wemem.check(cfg.defense, cfg.wemem_width, cfg.wemem_stride, cfg.wemem_order,
+                cfg.wemem_threshold, cfg.wemem_weight_decay, cfg.wemem_windows)
+
+
+def memorization_scores(path: str, ds) -> np.ndarray:
+    """Every row's memorization score (NaN where the file has none) from an
+    ``experiments/lira.py`` ``memorization.npz`` of the same dataset.
+
+    Raises:
+      UserError: the file cannot be read, or is another dataset's.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            rows, mem = np.asarray(f["row"]), np.asarray(f["memorization"], np.float64)
+            name = str(f["dataset"]) if "dataset" in f else None
+            num_rows = int(f["num_rows"]) if "num_rows" in f else None
+    except (OSError, ValueError, KeyError, EOFError) as e:
+        raise UserError(f"cannot read memorization scores from {path} ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0][:80] if str(e) else 'corrupt'}); pass the "
+                        "memorization.npz that experiments/lira.py wrote") from None
+    if (name is not None and name != ds.name) or (num_rows is not None and num_rows != len(ds)) \
+            or rows.shape != mem.shape or (len(rows) and (rows.min() < 0 or rows.max() >= len(ds))):
+        raise UserError(f"the memorization scores in {path} are of another dataset "
+                        f"({name or 'unnamed'}, {num_rows or 'unknown'} rows) than "
+                        f"{ds.name} ({len(ds)} rows); compute them with experiments/lira.py "
+                        f"--dataset={ds.name}")
+    scores = np.full(len(ds), np.nan)
+    scores[rows] = mem
+    return scores
+
+
+def _schedule(cfg: AuditConfig, scores, ens: training.EnsembleData, epochs: int):
+    """The WeMem schedule of a fit of ``epochs`` epochs over ``ens``'s models (None without)."""
+    if cfg.defense not in wemem.KINDS:
+        return None
+    train_n = np.asarray(ens.train_n)
+    lists = [np.asarray(ens.train_idx[k, : train_n[k]]) for k in range(ens.num_models)]
+    return wemem.make(cfg.defense, lists, np.asarray(ens.y), scores, epochs=epochs,
+                      width=cfg.wemem_width, stride=cfg.wemem_stride, order=cfg.wemem_order,
+                      threshold=cfg.wemem_threshold, weight_decay=cfg.wemem_weight_decay,
+                      windows=cfg.wemem_windows,
+                      defended=None if cfg.defense_shadows else np.arange(ens.num_models) == 0,
+                      seed=cfg.seed)
 
 
 def defense_strength(cfg: AuditConfig) -> float:
@@ -480,6 +573,13 @@ def run(cfg: AuditConfig) -> dict:
     if cfg.defense == "dp":
         clipping.check_model(model)
     splits = data.mia_prune_splits(len(ds), cfg.num_shadows, cfg.seed)
+    ens = training.make_ensemble_data(ds.x, ds.y, [s.train for s in splits],
+                                      [s.dev for s in splits])
+    # WeMem's schedules read their scores and refuse a bad window before anything is written.
+    scores = (memorization_scores(cfg.memorization_scores, ds) if cfg.defense in wemem.KINDS
+              else None)
+    pre_schedule = _schedule(cfg, scores, ens, cfg.epochs) if cfg.defense_stages == "all" else None
+    ft_schedule = _schedule(cfg, scores, ens, max(cfg.finetune_epochs, 1))
     timing["load_data"] = time.perf_counter() - t0
 
     io.claim_workdir(cfg.workdir)
@@ -497,8 +597,6 @@ def run(cfg: AuditConfig) -> dict:
     root = jax.random.key(cfg.seed)
     init_key, train_key, finetune_key, attack_key = jax.random.split(root, 4)
     num_models = 1 + cfg.num_shadows
-    ens = training.make_ensemble_data(ds.x, ds.y, [s.train for s in splits],
-                                      [s.dev for s in splits])
     train_cfg = training.TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                                      weight_decay=cfg.weight_decay, patience=cfg.patience,
                                      optimizer=cfg.optimizer,
@@ -525,7 +623,7 @@ def run(cfg: AuditConfig) -> dict:
                        jax.random.split(train_key, num_models), regularizer=reg,
                        checkpoint_dir=os.path.join(ckpt, "pretrain"), metrics_path=metrics_path,
                        stage="pretrain", mesh=mesh, defense=pre_defense,
-                       defended=_defended(cfg, num_models, pre_defense))
+                       defended=_defended(cfg, num_models, pre_defense), schedule=pre_schedule)
     timing["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -545,7 +643,8 @@ def run(cfg: AuditConfig) -> dict:
                                jax.vmap(jax.random.fold_in, in_axes=(0, None))(ft_keys, r),
                                checkpoint_dir=os.path.join(ckpt, f"imp_round{r}"),
                                metrics_path=metrics_path, stage=f"imp_round{r}", mesh=mesh,
-                               defense=defense, defended=_defended(cfg, num_models, defense))
+                               defense=defense, defended=_defended(cfg, num_models, defense),
+                               schedule=ft_schedule)
             results_by_round[r] = res
             finetunes.append(res)
             return res.params
@@ -576,6 +675,7 @@ def run(cfg: AuditConfig) -> dict:
                 [s.dev for s in splits + splits[1:]])
             ft_keys = jnp.concatenate([ft_keys, jax.random.split(
                 jax.random.fold_in(finetune_key, 1), cfg.num_shadows)])
+            ft_schedule = _schedule(cfg, scores, ft_ens, ft_cfg.epochs)
         _log(f"[audit] pruned ({cfg.pruning}, {cfg.sparsity}); fine-tuning "
              f"{cfg.finetune_epochs} epochs max")
         pruned = training.fit(model, pruning.apply_masks(params, masks), model_state,
@@ -583,7 +683,8 @@ def run(cfg: AuditConfig) -> dict:
                               checkpoint_dir=os.path.join(ckpt, "finetune"),
                               metrics_path=metrics_path, stage="finetune", mesh=mesh,
                               defense=defense,
-                              defended=_defended(cfg, ft_ens.num_models, defense))
+                              defended=_defended(cfg, ft_ens.num_models, defense),
+                              schedule=ft_schedule)
         finetunes.append(pruned)
     timing["prune_finetune"] = time.perf_counter() - t0
 
@@ -638,17 +739,19 @@ def run(cfg: AuditConfig) -> dict:
     }
     if privacy is not None:
         out["dp"] = _privacy_report(cfg, privacy, pre, finetunes)
-    if defense is not None:
-        trained = ["pretrain"] if pre_defense is not None else []
+    if defense is not None or ft_schedule is not None:
+        trained = ["pretrain"] if cfg.defense_stages == "all" else []
         if cfg.pruning != "none" and (cfg.finetune_epochs > 0 or cfg.pruning == "imp"):
             trained.append("imp_rounds" if cfg.pruning == "imp" else "finetune")
-        out["defense"] = {"name": defense.name, "strength": defense_strength(cfg),
+        out["defense"] = {"name": cfg.defense, "strength": defense_strength(cfg),
                           "stages": trained,
                           "models": ("target and shadows" if cfg.defense_shadows
                                      else "target only (shadows undefended)")}
-        if defense.name == "relaxloss":
+        if cfg.defense == "relaxloss":
             out["defense"].update(upper=cfg.relaxloss_upper,
                                   variant=cfg.relaxloss_variant)
+        if cfg.defense in wemem.KINDS:
+            out["defense"].update(_wemem_report(cfg, scores, splits))
     if unknown_knowledge(cfg):
         out["unknown_pruning_knowledge"] = {
             "shadow_pruning": cfg.shadow_pruning or cfg.pruning,
@@ -661,6 +764,20 @@ def run(cfg: AuditConfig) -> dict:
     io.write_npz(os.path.join(cfg.workdir, "scores.npz"), **all_scores)
     _figures(cfg, all_scores, stages, target_features, results["gaps"])
     io.write_json(os.path.join(cfg.workdir, "results.json"), out)
+    return out
+
+
+def _wemem_report(cfg: AuditConfig, scores, splits) -> dict:
+    """A WeMem schedule's settings and what it did to the target's rows."""
+    target = np.asarray(splits[0].train)
+    out = {"memorization_scores": cfg.memorization_scores,
+           "target_mean_memorization": float(np.mean(scores[target]))}
+    if cfg.defense != "rsw":
+        out.update(threshold=cfg.wemem_threshold, weight_decay=cfg.wemem_weight_decay,
+                   target_risky_rows=int(wemem.risky(target, scores, cfg.wemem_threshold).sum()))
+    if cfg.defense != "rmr":
+        out.update(width=cfg.wemem_width, stride=cfg.wemem_stride, order=cfg.wemem_order,
+                   windows=cfg.wemem_windows)
     return out
 
 
@@ -764,7 +881,8 @@ def format_table(results: dict) -> str:
                      f"{unpruned}; covers {d['covers']}")
     if "defense" in results:
         d = results["defense"]
-        lines.append(f"defense {d['name']} (strength {d['strength']:g}) while "
+        strength = "" if d["strength"] is None else f" (strength {d['strength']:g})"
+        lines.append(f"defense {d['name']}{strength} while "
                      f"{' and '.join(d['stages'])}, {d['models']}")
     t = results["timing_s"]
     lines.append("")

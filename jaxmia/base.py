@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 
@@ -71,3 +71,30 @@ class Defense(NamedTuple):
     name: str
     replaces_loss: bool = False
     adversary: Adversary | None = None
+
+
+class Phase(NamedTuple):
+    """One pass of a scheduled epoch over some of each model's training rows.
+
+    Attributes:
+      rows: ``rows(epoch) -> [rows of model k]``, the pool indices each model trains on in this
+        pass of epoch ``epoch`` (0 first); a subset of the model's training rows.
+      capacity: the most rows any model has in this pass in any epoch; it fixes the pass's
+        steps per epoch, ``ceil(capacity / batch_size)``, so nothing recompiles.
+      weight_decay: None: the stage's optimizer; otherwise the pass has an optimizer of its own
+        (the stage's, with this weight decay), whose state persists across epochs (WeMem's RMR).
+    """
+
+    rows: Callable[[int], Sequence[Any]]
+    capacity: int
+    weight_decay: float | None = None
+
+
+class Schedule(NamedTuple):
+    """A data schedule (a defense that changes what each epoch trains on, not the loss), run by
+    :func:`jaxmia.training.fit`: every epoch runs its ``phases`` in order, each a shuffled
+    pass over its rows. The last phase draws with the epoch's key, as an unscheduled epoch does,
+    so a schedule whose one phase holds every row trains exactly the unscheduled models."""
+
+    name: str
+    phases: tuple[Phase, ...]

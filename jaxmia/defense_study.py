@@ -16,6 +16,7 @@ import io as _io
 import os
 
 from jaxmia import audit, defenses, io, reporting
+from jaxmia.defenses import wemem
 from jaxmia.errors import UserError
 
 METRICS = ("balanced_accuracy", "auc", "tpr@1%fpr", "tpr@0.1%fpr")
@@ -23,7 +24,7 @@ METRICS = ("balanced_accuracy", "auc", "tpr@1%fpr", "tpr@0.1%fpr")
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    defense: str  # 'none', 'dp' or a defenses.REGISTRY name
+    defense: str  # 'none', 'dp', a defenses.REGISTRY name or a WeMem schedule (wemem.KINDS)
     strength: float | None = None  # dp: the noise multiplier; else the defense's strength
 
     @property
@@ -34,9 +35,10 @@ class Setting:
 
 
 def parse_settings(text: str) -> tuple[Setting, ...]:
-    """``"none,ppb:4,adv:1,dp:1.5"`` -> settings; a loss-term defense without ``:value`` takes
-    its default strength, DP needs its noise multiplier."""
-    known = ("none", "dp") + tuple(defenses.REGISTRY)
+    """``"none,ppb:4,adv:1,dp:1.5,rmr"`` -> settings; a loss-term defense without ``:value``
+    takes its default strength, DP needs its noise multiplier, a WeMem schedule takes none (its
+    settings are the base audit's ``wemem_*`` fields)."""
+    known = ("none", "dp") + tuple(defenses.REGISTRY) + wemem.KINDS
     out = []
     for item in (t.strip() for t in text.split(",")):
         name, _, value = item.partition(":")
@@ -49,8 +51,10 @@ def parse_settings(text: str) -> tuple[Setting, ...]:
                 strength = float(value)
             except ValueError:
                 raise UserError(f"--settings item '{item}': '{value}' is not a number") from None
-        if name == "none" and strength is not None:
-            raise UserError("--settings item 'none' takes no strength")
+        if name in ("none",) + wemem.KINDS and strength is not None:
+            raise UserError(f"--settings item '{name}' takes no strength"
+                            + ("" if name == "none" else " (its settings are the --wemem_* "
+                               "flags)"))
         if name == "dp" and strength is None:
             raise UserError("--settings item 'dp' needs its noise multiplier, e.g. dp:1.5")
         out.append(Setting(name, strength))
@@ -61,11 +65,14 @@ def parse_settings(text: str) -> tuple[Setting, ...]:
 
 
 def audit_config(base: audit.AuditConfig, setting: Setting, workdir: str) -> audit.AuditConfig:
-    """The audit of one setting, in its own folder."""
+    """The audit of one setting, in its own folder; only a WeMem setting keeps the base's
+    memorization scores and ``wemem_*`` settings."""
     extra = {}
+    if setting.defense not in wemem.KINDS:
+        extra.update({f: getattr(audit.AuditConfig, f) for f in audit.WEMEM_FLAGS})
     if setting.defense == "dp":
         extra["noise_multiplier"] = setting.strength
-    elif setting.defense != "none":
+    elif setting.defense in defenses.REGISTRY:
         extra["defense_strength"] = setting.strength
     return dataclasses.replace(base, defense=setting.defense,
                                workdir=os.path.join(workdir, setting.name), **extra)

@@ -42,7 +42,9 @@ class StudyConfig:
     model: str | None = None
     norm: str | None = None
     num_models: int = 16
-    population_fraction: float = 0.1  # rows no model trains on (RMIA's population z)
+    # Rows no model trains on (RMIA's population z); 0: none, so every row gets a memorization
+    # score (what WeMem's schedules need) and RMIA is left out.
+    population_fraction: float = 0.1
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
@@ -71,8 +73,8 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if cfg.num_models < 4:
         raise UserError(f"--num_models must be >= 4 (targets need in- and out-references), "
                         f"got {cfg.num_models}")
-    if not 0 < cfg.population_fraction < 0.5:
-        raise UserError(f"--population_fraction must be in (0, 0.5), got "
+    if not 0 <= cfg.population_fraction < 0.5:
+        raise UserError(f"--population_fraction must be in [0, 0.5), got "
                         f"{cfg.population_fraction}")
     for name in ("epochs", "batch_size", "checkpoint_every"):
         if getattr(cfg, name) < 1:
@@ -205,6 +207,8 @@ def run(cfg: StudyConfig) -> dict:
                                                   + loss[r, :p][~ri].mean()) - loss[t, :p],
     }
     results, pooled, per_target = {}, {}, {}
+    if num_pop == 0:  # RMIA compares against population rows; there are none
+        attacks = {k: v for k, v in attacks.items() if not k.startswith("rmia")}
     for name, fn in attacks.items():
         runs = list(shadow.leave_one_out(fn, in_mask, targets))
         per_target[name] = [metrics.summarize(s, m) for _, s, m in runs]
@@ -218,7 +222,8 @@ def run(cfg: StudyConfig) -> dict:
         }
     timing["attacks"] = time.perf_counter() - t0
     mem = shadow.memorization(correct[:, :p], in_mask)
-    io.write_npz(os.path.join(cfg.workdir, "memorization.npz"), row=pool, **mem)
+    io.write_npz(os.path.join(cfg.workdir, "memorization.npz"), row=pool, **mem,
+                 dataset=np.asarray(cfg.dataset), num_rows=np.asarray(n))
     io.write_npz(os.path.join(cfg.workdir, "scores.npz"),
                  **{f"{k}/scores": v[0] for k, v in pooled.items()},
                  **{f"{k}/is_member": v[1] for k, v in pooled.items()},

@@ -20,6 +20,9 @@ With ``TrainConfig.dp`` the same loop runs DP-SGD (:mod:`jaxmia.dp`): batches be
 Poisson samples padded to whole physical batches, and the step's gradient is clipped per example
 and noised.
 
+A data schedule (``fit(..., schedule=)``, :class:`jaxmia.base.Schedule`: WeMem's RSW/RMR) runs
+each epoch as passes over rows it chooses, through the same epoch function.
+
 The last batch of an epoch is padded to the fixed batch size; padded rows carry zero loss
 weight, and BatchNorm's batch statistics skip them (``Model.apply``'s ``rows``), so a model
 trains as on PyTorch's shorter last batch.
@@ -42,7 +45,7 @@ from tqdm.auto import tqdm
 
 from jaxmia import clipping, pruning, sharding
 from jaxmia import dp as dp_lib
-from jaxmia.base import Defense, Masks, Model, ModelState, Params
+from jaxmia.base import Defense, Masks, Model, ModelState, Params, Schedule
 from jaxmia.dp import DPConfig
 from jaxmia.errors import UserError
 
@@ -210,10 +213,15 @@ def epoch_steps(data: EnsembleData, batch_size: int) -> int:
     return -(-int(data.train_idx.shape[1]) // batch_size)
 
 
-def pad_indices(index_lists) -> tuple[np.ndarray, np.ndarray]:
-    """Stacks index arrays of different lengths into ``[K, max]`` (padded with 0) and counts."""
+def pad_indices(index_lists, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stacks index arrays of different lengths into ``[K, width]`` (default: the longest;
+    padded with 0) and counts."""
     n = np.asarray([len(a) for a in index_lists], np.int32)
-    out = np.zeros((len(index_lists), max(int(n.max()), 1)), np.int32)
+    if width is None:
+        width = max(int(n.max()), 1)
+    elif int(n.max()) > width:
+        raise ValueError(f"an index list of {int(n.max())} rows does not fit width {width}")
+    out = np.zeros((len(index_lists), width), np.int32)
     for k, a in enumerate(index_lists):
         out[k, : len(a)] = a
     return out, n
@@ -650,7 +658,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         regularizer: Regularizer | None = None, checkpoint_dir: str | None = None,
         metrics_path: str | None = None, stage: str = "train",
         stop_after: int | None = None, mesh=None, defense: Defense | None = None,
-        defended: np.ndarray | None = None) -> FitResult:
+        defended: np.ndarray | None = None, schedule: Schedule | None = None) -> FitResult:
     """Trains an ensemble (leading model axis on params, model_state, masks and keys).
 
     Args:
@@ -663,6 +671,10 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
       defense: optional loss-term defense (:mod:`jaxmia.defenses`), for every model of the fit.
       defended: optional bool ``[K]``: the models the defense trains (the others train without
         it, e.g. non-adaptive shadows); None: all of them.
+      schedule: optional data schedule (:class:`jaxmia.base.Schedule`, WeMem's RSW/RMR): each
+        epoch runs its phases in order, each a shuffled pass over the rows it names instead of
+        ``data.train_idx``; a phase with its own weight decay keeps its own optimizer state.
+        Not with DP-SGD (its accounting assumes uniform sampling) or lr milestones.
       checkpoint_dir: orbax directory for this stage; training resumes from its latest epoch.
       metrics_path: JSONL file; one line per epoch.
       stage: name written in metrics lines and the progress bar.
@@ -686,6 +698,13 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     if cfg.dp is not None:
         cfg.dp.validate(cfg.batch_size)
         clipping.check_model(model)
+    if schedule is not None and cfg.dp is not None:
+        raise UserError(f"the {schedule.name} data schedule cannot be combined with DP-SGD: its "
+                        "privacy accounting assumes every row is sampled at the same rate in "
+                        "every step; use one defense at a time")
+    if schedule is not None and cfg.lr_milestones:
+        raise UserError(f"the {schedule.name} data schedule changes the steps of an epoch, which "
+                        "lr milestones count; train it without lr milestones")
     num_models = data.num_models
     if mesh is not None:
         padded = sharding.padded_size(num_models, mesh)
@@ -698,12 +717,21 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     steps_per_epoch = epoch_steps(data, cfg.batch_size)
     # Epoch count and checkpoint interval do not change the compiled code.
     mode = resolve_ensemble_mode(cfg.ensemble_mode, params)
-    init_opt, epoch_fn, evaluate = _compiled(
-        model, dataclasses.replace(cfg, epochs=0, checkpoint_every=1, ensemble_mode=mode,
-                                   keep="best"),
-        regularizer, steps_per_epoch, masked, mesh, defense)
+    stage_cfg = dataclasses.replace(cfg, epochs=0, checkpoint_every=1, ensemble_mode=mode,
+                                    keep="best")
+    init_opt, epoch_fn, evaluate = _compiled(model, stage_cfg, regularizer, steps_per_epoch,
+                                             masked, mesh, defense)
+    if schedule is None:
+        opt_state = init_opt(params)
+    else:
+        passes = [_compiled(model, stage_cfg if phase.weight_decay is None else
+                            dataclasses.replace(stage_cfg, weight_decay=phase.weight_decay),
+                            regularizer, -(-max(phase.capacity, 1) // cfg.batch_size), masked,
+                            mesh, defense) for phase in schedule.phases]
+        opt_state = tuple(p[0](params) for p in passes)
+        opt_state = opt_state[0] if len(passes) == 1 else opt_state
     states = TrainState(step=jnp.zeros((data.num_models,), jnp.int32), params=params, masks=masks,
-                        model_state=model_state, opt_state=init_opt(params),
+                        model_state=model_state, opt_state=opt_state,
                         defense_state=_adversary_init(model, defense, params, model_state, data,
                                                       keys, num_models), defended=defended)
     es = EarlyStopState(
@@ -730,7 +758,11 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         if bool(jnp.all(es.done)):
             break
         epoch_keys = _epoch_keys(keys, jnp.int32(epoch))
-        states, m = epoch_fn(states, es, data, epoch_keys, epoch)
+        if schedule is None:
+            states, m = epoch_fn(states, es, data, epoch_keys, epoch)
+        else:
+            states, m = _scheduled_epoch(schedule, [p[1] for p in passes], states, es, data,
+                                         epoch_keys, epoch, num_models, mesh)
         dev_acc, es = evaluate(states, es, epoch, data)
         epochs_run = epoch + 1
         real = slice(0, num_models)  # without the padding models of a mesh
@@ -765,6 +797,37 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     return FitResult(params=es.best_params, model_state=es.best_model_state, masks=masks,
                      best_epoch=np.asarray(es.best_epoch), best_dev_acc=np.asarray(es.best_acc),
                      epochs_run=epochs_run, steps=np.asarray(states.step))
+
+
+def _scheduled_epoch(schedule: Schedule, epoch_fns, states: TrainState, es, data: EnsembleData,
+                     keys, epoch: int, num_models: int, mesh):
+    """One epoch of a data schedule: its phases in order, each an epoch function's pass over
+    the phase's rows with the phase's optimizer state. The last phase draws with the epoch's
+    keys, an earlier phase p with their fold-in of ``p + 2`` (1 is the adversary's)."""
+    several = len(schedule.phases) > 1
+    opt_states = states.opt_state
+    totals = None
+    for p, (phase, epoch_fn) in enumerate(zip(schedule.phases, epoch_fns)):
+        rows = phase.rows(epoch)
+        if len(rows) != num_models:
+            raise ValueError(f"phase {p} of the {schedule.name} schedule gives rows for "
+                             f"{len(rows)} models, not {num_models}")
+        idx, n = (jnp.asarray(a) for a in pad_indices(rows, max(phase.capacity, 1)))
+        if mesh is not None:
+            idx, n = sharding.shard_models(
+                sharding.pad((idx, n), num_models, int(data.train_idx.shape[0])), mesh)
+        phase_keys = keys if p == len(schedule.phases) - 1 else _epoch_keys(keys,
+                                                                            jnp.int32(p + 2))
+        if several:
+            states = dataclasses.replace(states, opt_state=opt_states[p])
+        states, m = epoch_fn(states, es, dataclasses.replace(data, train_idx=idx, train_n=n),
+                             phase_keys, epoch)
+        if several:
+            opt_states = opt_states[:p] + (states.opt_state,) + opt_states[p + 1:]
+        totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+    if several:
+        states = dataclasses.replace(states, opt_state=opt_states)
+    return states, totals
 
 
 def _adversary_init(model: Model, defense: Defense | None, params, model_state,

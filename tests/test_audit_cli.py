@@ -108,6 +108,18 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--defense=relaxloss", "--relaxloss_variant=cifar"], "unknown --relaxloss_variant 'cifar'"),
     (["--defense=dp", "--noise_multiplier=1", "--nodefense_shadows"],
      "--nodefense_shadows leaves the shadows without a loss-term defense"),
+    (["--defense=rsw"], "ranks rows by memorization: pass --memorization_scores="),
+    (["--defense=rmr", "--memorization_scores=/nonexistent.npz"], "does not exist"),
+    (["--defense=rmr", "--memorization_scores=README.md"], "cannot read memorization scores"),
+    (["--defense=rmr", "--memorization_scores=README.md", "--wemem_order=low_first"],
+     "--wemem_order sets RSW's and SWMR's windows"),
+    (["--defense=rsw", "--memorization_scores=README.md", "--wemem_order=up"],
+     "unknown --wemem_order 'up'"),
+    (["--defense=rsw", "--memorization_scores=README.md", "--wemem_width=0"],
+     "--wemem_width must be >= 1"),
+    (["--defense=swmr", "--memorization_scores=README.md", "--pruning=none"],
+     "--defense=swmr with --defense_stages=finetune"),
+    (["--wemem_width=5"], "--wemem_width sets WeMem's schedules"),
     (["--attack_stages=final"], "--attack_stages must name one or both of unpruned, pruned"),
     (["--attack_stages=unpruned", "--shadow_sparsity=0.5"], "add 'pruned' to --attack_stages"),
 ])
@@ -295,3 +307,72 @@ def test_attack_stages_pruned_attacks_only_the_pruned_target(tmp_path):
     assert not (work / "roc_unpruned.png").exists()
     for png in ("roc_pruned", "histograms", "per_class"):
         assert (work / f"{png}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def digits_scores(tmp_path_factory):
+    """A memorization.npz as experiments/lira.py writes it, for every digits row."""
+    from jaxmia import data
+    n = len(data.load("digits"))
+    path = tmp_path_factory.mktemp("mem") / "memorization.npz"
+    rng = np.random.default_rng(0)
+    io.write_npz(str(path), row=np.arange(n), memorization=rng.uniform(-1, 1, n),
+                 num_in=np.full(n, 8), num_out=np.full(n, 8), dataset=np.asarray("digits"),
+                 num_rows=np.asarray(n))
+    return path
+
+
+def test_rmr_trains_the_risky_rows_with_their_own_optimizer(tmp_path, undefended,
+                                                            digits_scores):
+    out, work, d = _defended(tmp_path, "--defense=rmr", f"--memorization_scores={digits_scores}",
+                             "--wemem_threshold=0.5")
+    splits = json.loads((work / "splits.json").read_text())
+    scores = np.load(digits_scores)["memorization"]
+    assert d == {"name": "rmr", "strength": None, "stages": ["finetune"],
+                 "models": "target and shadows",
+                 "memorization_scores": str(digits_scores),
+                 "target_mean_memorization": pytest.approx(
+                     float(scores[splits["target"]["train"]].mean())),
+                 "threshold": 0.5, "weight_decay": 0.1,
+                 "target_risky_rows": int((scores[splits["target"]["train"]] >= 0.5).sum())}
+    assert "defense rmr while finetune, target and shadows" in out
+    assert _stage_lines(work, "pretrain") == _stage_lines(undefended, "pretrain")
+    assert _stage_lines(work, "finetune") != _stage_lines(undefended, "finetune")
+
+
+def test_rmr_without_risky_rows_fine_tunes_as_without_it(tmp_path, undefended, digits_scores):
+    _, work, d = _defended(tmp_path, "--defense=rmr", f"--memorization_scores={digits_scores}",
+                           "--wemem_threshold=1.5")
+    assert d["target_risky_rows"] == 0
+    assert _stage_lines(work, "finetune") == _stage_lines(undefended, "finetune")
+
+
+def test_rsw_fine_tunes_on_sliding_windows(tmp_path, undefended, digits_scores):
+    out, work, d = _defended(tmp_path, "--defense=rsw", f"--memorization_scores={digits_scores}",
+                             "--wemem_width=4", "--nodefense_shadows")
+    assert {k: d[k] for k in ("name", "stages", "models", "width", "stride", "order",
+                              "windows")} == {
+        "name": "rsw", "stages": ["finetune"], "models": "target only (shadows undefended)",
+        "width": 4, "stride": 1, "order": "low_first", "windows": "per_class"}
+    # 4 rows of each of the 10 classes: the target's first fine-tuning epoch is 40 rows, one
+    # step; the shadows fine-tune as without the schedule.
+    defended, plain = _first_loss(work, "finetune"), _first_loss(undefended, "finetune")
+    assert defended[0] != plain[0] and defended[1:] == plain[1:]
+
+
+def test_a_window_that_runs_out_is_refused_before_anything_is_written(tmp_path, digits_scores):
+    work = tmp_path / "w"
+    r = _run(f"--workdir={work}", *DEFENSE_RUN, "--finetune_epochs=3", "--defense=rsw",
+             f"--memorization_scores={digits_scores}", "--wemem_stride=100")
+    assert r.returncode == 2 and "leaves model 0 no rows from epoch 1 of 3" in r.stderr, r.stderr
+    assert not work.exists()
+
+
+def test_scores_of_another_dataset_are_refused(tmp_path, digits_scores):
+    other = tmp_path / "other.npz"
+    with np.load(digits_scores) as f:
+        io.write_npz(str(other), **{**dict(f), "dataset": np.asarray("location")})
+    work = tmp_path / "w"
+    r = _run(f"--workdir={work}", *DEFENSE_RUN, "--defense=rmr", f"--memorization_scores={other}")
+    assert r.returncode == 2 and "are of another dataset (location" in r.stderr, r.stderr
+    assert not work.exists()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from jaxmia import defense_study
+from jaxmia import audit, defense_study
 from jaxmia.errors import UserError
 from tests.conftest import ROOT
 
@@ -30,9 +30,20 @@ def test_parse_settings():
         ("dp", 1.5, "dp_1.5"), ("label_smoothing", 0.2, "label_smoothing_0.2")]
 
 
+def test_only_wemem_settings_keep_the_scores_and_window():
+    base = audit.AuditConfig(dataset="digits", memorization_scores="README.md", wemem_width=4)
+    ppb, rsw = (defense_study.audit_config(base, s, "/tmp/study")
+                for s in defense_study.parse_settings("ppb,rsw"))
+    assert (ppb.memorization_scores, ppb.wemem_width) == (None, audit.AuditConfig.wemem_width)
+    assert (rsw.defense, rsw.memorization_scores, rsw.wemem_width) == ("rsw", "README.md", 4)
+    assert rsw.workdir == "/tmp/study/rsw"
+    audit.validate(ppb)  # a loss-term setting is not refused for the base's WeMem fields
+
+
 @pytest.mark.parametrize("text,expect", [
     ("none,magic", "unknown defense 'magic'"), ("ppb:four", "'four' is not a number"),
     ("dp", "needs its noise multiplier"), ("none:1", "'none' takes no strength"),
+    ("rmr:0.1", "'rmr' takes no strength \\(its settings are the --wemem_\\* flags"),
     ("ppb:4,ppb:4.0", "names a setting twice")])
 def test_parse_settings_refuses(text, expect):
     with pytest.raises(UserError, match=expect):

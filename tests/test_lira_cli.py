@@ -49,6 +49,7 @@ def test_lira_study_on_digits(tmp_path):
 
 @pytest.mark.parametrize("args,expect", [
     (["--num_models=2"], "--num_models must be >= 4"),
+    (["--population_fraction=0.5"], "--population_fraction must be in [0, 0.5)"),
     (["--dataset=mnist"], "unknown dataset 'mnist'"),
     (["--pruning=magic"], "unknown pruning method 'magic'"),
     (["--query_shift=3"], "--query_shift must be >= 0 and a multiple of --query_stride"),
@@ -59,3 +60,26 @@ def test_lira_bad_input(tmp_path, args, expect):
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and expect in err[0], r.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_scores_for_every_row_feed_wemem_schedules(tmp_path):
+    """--population_fraction=0: every row gets a memorization score (RMIA, which needs
+    population rows, is left out), and the audit's WeMem schedule takes the file."""
+    work = tmp_path / "lira"
+    r = _run("--dataset=digits", "--num_models=4", "--epochs=1", "--num_targets=1",
+             "--population_fraction=0", f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((work / "results.json").read_text())
+    assert res["population_size"] == 0 and not any(a.startswith("rmia") for a in res["attacks"])
+    mem = np.load(work / "memorization.npz")
+    assert str(mem["dataset"]) == "digits" and int(mem["num_rows"]) == res["pool_size"]
+    assert sorted(mem["row"].tolist()) == list(range(res["pool_size"]))
+    audit = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "experiments", "audit.py"), "--epochs=1",
+         "--finetune_epochs=1", "--num_shadows=1", "--attacks=loss", "--defense=swmr",
+         f"--memorization_scores={work / 'memorization.npz'}", "--wemem_threshold=0.5",
+         f"--workdir={tmp_path / 'audit'}"], capture_output=True, text=True, cwd=ROOT,
+        timeout=900)
+    assert audit.returncode == 0, audit.stderr[-2000:]
+    d = json.loads((tmp_path / "audit" / "results.json").read_text())["defense"]
+    assert d["name"] == "swmr" and d["order"] == "high_first"

@@ -11,6 +11,7 @@ SCRIPT = r'''
 import json
 import jax, jax.numpy as jnp, numpy as np
 from jaxmia import defenses, pruning, sharding, training
+from jaxmia.defenses import wemem
 from jaxmia.dp import DPConfig
 
 assert jax.device_count() == 8, jax.devices()
@@ -19,19 +20,26 @@ K = 3
 model, params, state, data, keys = toy_ensemble(K)
 out = {}
 adam = training.TrainConfig(epochs=4, batch_size=32, patience=1)
-for name, (cfg, defense) in {
-        "adam": (adam, None),
+# SWMR: per-epoch windows split into two passes, each with its own optimizer state.
+lists = [np.asarray(data.train_idx[k, : int(data.train_n[k])]) for k in range(K)]
+swmr = wemem.make("swmr", lists, np.asarray(data.y),
+                  np.asarray(jax.random.uniform(jax.random.key(5), (data.x.shape[0],))),
+                  epochs=2, width=8, stride=2, threshold=0.6)
+for name, (cfg, defense, schedule) in {
+        "adam": (adam, None, None),
         "dp": (training.TrainConfig(epochs=3, batch_size=32, dp=DPConfig(noise_multiplier=1.0)),
-               None),
+               None, None),
         # ADV: each model's inference model is sharded with it.
-        "adv": (training.dataclasses.replace(adam, epochs=2), defenses.REGISTRY["adv"](1.0)),
+        "adv": (training.dataclasses.replace(adam, epochs=2), defenses.REGISTRY["adv"](1.0),
+                None),
+        "swmr": (training.dataclasses.replace(adam, epochs=2), None, swmr),
         }.items():
     ref = training.fit(model, params, state, pruning.ones_like(params), data, cfg, keys,
-                       defense=defense)
+                       defense=defense, schedule=schedule)
     for devices in (8, 2):
         mesh = sharding.model_mesh(jax.devices()[:devices])
         got = training.fit(model, params, state, pruning.ones_like(params), data, cfg, keys,
-                           mesh=mesh, defense=defense)
+                           mesh=mesh, defense=defense, schedule=schedule)
         diff = max(float(jnp.max(jnp.abs(a - b)))
                    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(ref.params)))
         out[f"{name}/{devices}"] = {
