@@ -578,8 +578,9 @@ def run(cfg: AuditConfig) -> dict:
     # WeMem's schedules read their scores and refuse a bad window before anything is written.
     scores = (memorization_scores(cfg.memorization_scores, ds) if cfg.defense in wemem.KINDS
               else None)
+    fine_tunes = cfg.pruning != "none" and (cfg.finetune_epochs > 0 or cfg.pruning == "imp")
     pre_schedule = _schedule(cfg, scores, ens, cfg.epochs) if cfg.defense_stages == "all" else None
-    ft_schedule = _schedule(cfg, scores, ens, max(cfg.finetune_epochs, 1))
+    ft_schedule = _schedule(cfg, scores, ens, max(cfg.finetune_epochs, 1)) if fine_tunes else None
     timing["load_data"] = time.perf_counter() - t0
 
     io.claim_workdir(cfg.workdir)
@@ -739,9 +740,9 @@ def run(cfg: AuditConfig) -> dict:
     }
     if privacy is not None:
         out["dp"] = _privacy_report(cfg, privacy, pre, finetunes)
-    if defense is not None or ft_schedule is not None:
+    if defense is not None or cfg.defense in wemem.KINDS:
         trained = ["pretrain"] if cfg.defense_stages == "all" else []
-        if cfg.pruning != "none" and (cfg.finetune_epochs > 0 or cfg.pruning == "imp"):
+        if fine_tunes:
             trained.append("imp_rounds" if cfg.pruning == "imp" else "finetune")
         out["defense"] = {"name": cfg.defense, "strength": defense_strength(cfg),
                           "stages": trained,
