@@ -58,6 +58,9 @@ flags.DEFINE_integer("imp_rounds", D.imp_rounds, "--pruning=imp: prune-and-retra
 flags.DEFINE_string("imp_method", D.imp_method, "--pruning=imp: criterion of each round")
 flags.DEFINE_bool("imp_rewind", D.imp_rewind, "--pruning=imp: rewind survivors to their "
                   "initialization before each retraining (lottery ticket)")
+flags.DEFINE_bool("imp_continue", D.imp_continue, "--pruning=imp: each round continues from "
+                  "the previous round's last epoch with its optimizer state (WeMem's code); "
+                  "default: from its best-on-dev model with a fresh optimizer")
 flags.DEFINE_float("slim_l1", D.slim_l1, "--pruning=slim: L1-on-gamma sparsity-training strength")
 flags.DEFINE_list("attacks", list(D.attacks), "attacks to run: the sets "
                   f"{', '.join(attacks.SETS)} or names: {', '.join(attacks.REGISTRY)}")
@@ -99,6 +102,9 @@ flags.DEFINE_string("relaxloss_variant", D.relaxloss_variant, "relaxloss's flatt
 flags.DEFINE_float("relaxloss_upper", D.relaxloss_upper, "relaxloss: cap on the true class's "
                    "probability in the flattened targets (the authors': 0.3 Purchase, 0.1 "
                    "Texas, 1 CIFAR)")
+flags.DEFINE_string("adv_target_steps", D.adv_target_steps, "adv: every_batch (the inference "
+                    "model's updates before every target step, Nasr et al.) | one_per_epoch "
+                    "(the released code: one target batch an epoch)")
 flags.DEFINE_string("memorization_scores", None, "rsw/rmr/swmr: the memorization.npz of "
                     "experiments/lira.py --population_fraction=0 on this dataset (a score for "
                     "every row)")
@@ -173,6 +179,8 @@ def main(argv):
                     defense += "_nonadaptive"
             else:
                 defense = f"_{r.defense}{audit_lib.defense_strength(r)}"
+                if r.defense == "adv" and r.adv_target_steps != D.adv_target_steps:
+                    defense += f"_{r.adv_target_steps}"
                 if r.defense_stages != defenses.DEFAULT_STAGES[r.defense]:
                     defense += f"_{r.defense_stages}"
                 if not r.defense_shadows:

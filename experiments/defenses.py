@@ -47,6 +47,8 @@ flags.DEFINE_bool("defense_shadows", D.defense_shadows, "adaptive shadows (train
 flags.DEFINE_string("memorization_scores", None, "the WeMem settings' scores: memorization.npz "
                     "of experiments/lira.py --population_fraction=0 on this dataset (their "
                     "other settings are experiments/audit.py's defaults)")
+flags.DEFINE_string("adv_target_steps", D.adv_target_steps, "the adv settings' target steps: "
+                    "every_batch | one_per_epoch (the released code's schedule)")
 flags.DEFINE_integer("seed", D.seed, "split seed and root PRNG key")
 flags.DEFINE_string("data_dir", None, "data folder (default: $JAXMIA_DATA_DIR)")
 flags.DEFINE_string("workdir", "workdir/defenses", "the study's folder")
@@ -62,7 +64,8 @@ def main(argv):
             finetune_epochs=FLAGS.finetune_epochs, attacks=tuple(FLAGS.attacks),
             attack_stages=tuple(FLAGS.attack_stages), defense_shadows=FLAGS.defense_shadows,
             seed=FLAGS.seed, data_dir=FLAGS.data_dir,
-            memorization_scores=FLAGS.memorization_scores)
+            memorization_scores=FLAGS.memorization_scores,
+            adv_target_steps=FLAGS.adv_target_steps)
         study = lib.run(base, lib.parse_settings(FLAGS.settings), FLAGS.workdir)
         return lib.format_table(study), f"{FLAGS.workdir}/study.json"
 

@@ -61,6 +61,10 @@ class AuditConfig:
     imp_rounds: int = 3
     imp_method: str = "l1_unstructured"
     imp_rewind: bool = False
+    # True: each IMP round continues from the previous round's last epoch with its optimizer
+    # (and ADV's inference model) state, as WeMem's code runs its rounds; False: from the
+    # previous round's best-on-dev model with a fresh optimizer.
+    imp_continue: bool = False
     slim_l1: float = 0.0
     attacks: tuple[str, ...] = ("all",)  # names, or the sets 'all', 'paper', 'threshold'
     # Which targets are attacked: the pruning paper's code attacks only the pruned one.
@@ -85,6 +89,9 @@ class AuditConfig:
     defense_stages: str | None = None
     relaxloss_upper: float = 1.0  # RelaxLoss's cap on the flattened targets' true class
     relaxloss_variant: str = "tabular"  # RelaxLoss's flattening: the authors' tabular or image
+    # ADV's target steps (adv.TARGET_STEPS): one per batch (Nasr et al.) or, as the released
+    # code runs it, one per epoch.
+    adv_target_steps: str = "every_batch"
     # True: the shadows train with the defense too (an adaptive attacker); False: only the
     # target does (mia_prune's default; its adaptive mode loads defended shadows).
     defense_shadows: bool = True
@@ -153,6 +160,7 @@ class AuditConfig:
 def validate(cfg: AuditConfig) -> AuditConfig:
     """Checks every setting before anything is read or written; returns the resolved config."""
     data.check_name(cfg.dataset)
+    data.check_seed(cfg.seed)
     cfg = cfg.resolved()
     models.check_name(cfg.model)
     if cfg.norm is not None:
@@ -164,6 +172,12 @@ def validate(cfg: AuditConfig) -> AuditConfig:
         pruning.check_method(cfg.imp_method)
         if cfg.imp_rounds < 1:
             raise UserError(f"--imp_rounds must be >= 1, got {cfg.imp_rounds}")
+        if cfg.imp_continue and cfg.imp_rewind:
+            raise UserError("--imp_continue carries each round's last weights into the next, "
+                            "--imp_rewind resets them to the initialization; choose one")
+    elif cfg.imp_continue:
+        raise UserError(f"--imp_continue sets the rounds of --pruning=imp, not "
+                        f"--pruning={cfg.pruning}")
     pruning.check_sparsity(cfg.sparsity)
     for name, value, low in (("num_shadows", cfg.num_shadows, 1), ("epochs", cfg.epochs, 1),
                              ("finetune_epochs", cfg.finetune_epochs, 0),
@@ -209,6 +223,9 @@ def validate(cfg: AuditConfig) -> AuditConfig:
 DEFENSES = ("none", "dp") + tuple(defenses.REGISTRY) + wemem.KINDS
 WEMEM_FLAGS = ("memorization_scores", "wemem_width", "wemem_stride", "wemem_order",
                "wemem_threshold", "wemem_weight_decay", "wemem_windows")
+# The flags of one loss-term defense, set only with it (WeMem's are WEMEM_FLAGS).
+OWN_FLAGS = {"relaxloss": ("relaxloss_upper", "relaxloss_variant"),
+             "adv": ("adv_target_steps",)}
 ATTACK_STAGES = ("unpruned", "pruned")
 DP_STAGES = ("all", "finetune")
 
@@ -230,9 +247,12 @@ def _validate_defense(cfg: AuditConfig) -> None:
                                 f"{'|'.join(wemem.KINDS)}), not --defense={cfg.defense}")
     else:
         _validate_wemem(cfg)
-    for flag in ("relaxloss_upper", "relaxloss_variant"):
-        if getattr(cfg, flag) != getattr(AuditConfig, flag) and cfg.defense != "relaxloss":
-            raise UserError(f"--{flag} sets --defense=relaxloss")
+    for owner, own in OWN_FLAGS.items():
+        for flag in own:
+            if getattr(cfg, flag) != getattr(AuditConfig, flag) and cfg.defense != owner:
+                raise UserError(f"--{flag} sets --defense={owner}")
+    if cfg.defense == "adv":
+        defenses.adv.check_target_steps(cfg.adv_target_steps)
     if not cfg.defense_shadows and cfg.defense not in trained:
         raise UserError(f"--nodefense_shadows leaves the shadows without a loss-term defense or "
                         f"WeMem schedule ({', '.join(trained)}); --defense={cfg.defense} has "
@@ -316,12 +336,20 @@ def memorization_scores(path: str, ds) -> np.ndarray:
     return scores
 
 
-def _schedule(cfg: AuditConfig, scores, ens: training.EnsembleData, epochs: int):
-    """The WeMem schedule of a fit of ``epochs`` epochs over ``ens``'s models (None without)."""
-    if cfg.defense not in wemem.KINDS:
+def _schedule(cfg: AuditConfig, scores, ens: training.EnsembleData, epochs: int,
+              stream: int = 0):
+    """The data schedule of a fit of ``epochs`` epochs over ``ens``'s models (None without):
+    WeMem's, or ADV's one target step an epoch; ``stream`` tells the fits of a run apart for
+    ADV's draws (WeMem's windows restart every fit, as in the authors' code)."""
+    adv_code = cfg.defense == "adv" and cfg.adv_target_steps == "one_per_epoch"
+    if cfg.defense not in wemem.KINDS and not adv_code:
         return None
     train_n = np.asarray(ens.train_n)
     lists = [np.asarray(ens.train_idx[k, : train_n[k]]) for k in range(ens.num_models)]
+    if adv_code:
+        return defenses.adv.one_step_per_epoch(
+            lists, cfg.batch_size, defended=None if cfg.defense_shadows else
+            np.arange(ens.num_models) == 0, seed=cfg.seed, stream=stream)
     return wemem.make(cfg.defense, lists, np.asarray(ens.y), scores, epochs=epochs,
                       width=cfg.wemem_width, stride=cfg.wemem_stride, order=cfg.wemem_order,
                       threshold=cfg.wemem_threshold, weight_decay=cfg.wemem_weight_decay,
@@ -580,7 +608,8 @@ def run(cfg: AuditConfig) -> dict:
               else None)
     fine_tunes = cfg.pruning != "none" and (cfg.finetune_epochs > 0 or cfg.pruning == "imp")
     pre_schedule = _schedule(cfg, scores, ens, cfg.epochs) if cfg.defense_stages == "all" else None
-    ft_schedule = _schedule(cfg, scores, ens, max(cfg.finetune_epochs, 1)) if fine_tunes else None
+    ft_schedule = (_schedule(cfg, scores, ens, max(cfg.finetune_epochs, 1), stream=1)
+                   if fine_tunes else None)
     timing["load_data"] = time.perf_counter() - t0
 
     io.claim_workdir(cfg.workdir)
@@ -640,15 +669,24 @@ def run(cfg: AuditConfig) -> dict:
         results_by_round = {}
 
         def retrain(params, masks, r):
-            res = training.fit(model, params, pre.model_state, masks, ens, ft_cfg,
+            # A round starts from the previous one's best model (its BatchNorm statistics too)
+            # and a fresh optimizer, or, --imp_continue, from its last epoch's whole state.
+            before = results_by_round.get(r - 1)
+            carried = before is not None and cfg.imp_continue
+            res = training.fit(model, params,
+                               pre.model_state if before is None else
+                               before.last.model_state if carried else before.model_state,
+                               masks, ens, ft_cfg,
                                jax.vmap(jax.random.fold_in, in_axes=(0, None))(ft_keys, r),
                                checkpoint_dir=os.path.join(ckpt, f"imp_round{r}"),
                                metrics_path=metrics_path, stage=f"imp_round{r}", mesh=mesh,
                                defense=defense, defended=_defended(cfg, num_models, defense),
-                               schedule=ft_schedule)
+                               schedule=_schedule(cfg, scores, ens, ft_cfg.epochs,
+                                                  stream=2 + r),
+                               start=before.last if carried else None)
             results_by_round[r] = res
             finetunes.append(res)
-            return res.params
+            return res.last.params if cfg.imp_continue else res.params
 
         _, masks = pruning.iterative_magnitude(
             pre.params, cfg.sparsity, cfg.imp_rounds, retrain, method=cfg.imp_method,
@@ -676,7 +714,7 @@ def run(cfg: AuditConfig) -> dict:
                 [s.dev for s in splits + splits[1:]])
             ft_keys = jnp.concatenate([ft_keys, jax.random.split(
                 jax.random.fold_in(finetune_key, 1), cfg.num_shadows)])
-            ft_schedule = _schedule(cfg, scores, ft_ens, ft_cfg.epochs)
+            ft_schedule = _schedule(cfg, scores, ft_ens, ft_cfg.epochs, stream=1)
         _log(f"[audit] pruned ({cfg.pruning}, {cfg.sparsity}); fine-tuning "
              f"{cfg.finetune_epochs} epochs max")
         pruned = training.fit(model, pruning.apply_masks(params, masks), model_state,
@@ -751,6 +789,13 @@ def run(cfg: AuditConfig) -> dict:
         if cfg.defense == "relaxloss":
             out["defense"].update(upper=cfg.relaxloss_upper,
                                   variant=cfg.relaxloss_variant)
+        if cfg.defense == "adv":
+            # The target's optimizer steps in each defended stage (one an epoch, as the
+            # released code runs ADV, with --adv_target_steps=one_per_epoch).
+            taken = {"pretrain": int(pre.steps[0])} if cfg.defense_stages == "all" else {}
+            if fine_tunes:
+                taken[trained[-1]] = sum(int(r.steps[0]) for r in finetunes)
+            out["defense"].update(target_steps=cfg.adv_target_steps, target_steps_taken=taken)
         if cfg.defense in wemem.KINDS:
             out["defense"].update(_wemem_report(cfg, scores, splits))
     if unknown_knowledge(cfg):
@@ -883,7 +928,9 @@ def format_table(results: dict) -> str:
     if "defense" in results:
         d = results["defense"]
         strength = "" if d["strength"] is None else f" (strength {d['strength']:g})"
-        lines.append(f"defense {d['name']}{strength} while "
+        per_epoch = (", one target step an epoch" if d.get("target_steps") == "one_per_epoch"
+                     else "")
+        lines.append(f"defense {d['name']}{strength}{per_epoch} while "
                      f"{' and '.join(d['stages'])}, {d['models']}")
     t = results["timing_s"]
     lines.append("")

@@ -65,11 +65,15 @@ def parse_settings(text: str) -> tuple[Setting, ...]:
 
 
 def audit_config(base: audit.AuditConfig, setting: Setting, workdir: str) -> audit.AuditConfig:
-    """The audit of one setting, in its own folder; only a WeMem setting keeps the base's
-    memorization scores and ``wemem_*`` settings."""
+    """The audit of one setting, in its own folder; a defense's own settings (a WeMem
+    setting's memorization scores and ``wemem_*`` fields, RelaxLoss's and ADV's options) are
+    kept from the base for that defense only."""
     extra = {}
     if setting.defense not in wemem.KINDS:
         extra.update({f: getattr(audit.AuditConfig, f) for f in audit.WEMEM_FLAGS})
+    for owner, own in audit.OWN_FLAGS.items():
+        if setting.defense != owner:
+            extra.update({f: getattr(audit.AuditConfig, f) for f in own})
     if setting.defense == "dp":
         extra["noise_multiplier"] = setting.strength
     elif setting.defense in defenses.REGISTRY:

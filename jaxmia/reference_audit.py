@@ -68,6 +68,7 @@ class StudyConfig:
 
 def validate(cfg: StudyConfig) -> StudyConfig:
     data.check_name(cfg.dataset)
+    data.check_seed(cfg.seed)
     cfg = dataclasses.replace(cfg, model=cfg.model or data.default_model(cfg.dataset))
     models.check_name(cfg.model)
     if cfg.num_models < 4:

@@ -201,6 +201,10 @@ class EnsembleData:
     train_n: jax.Array  # int32 [K]
     dev_idx: jax.Array  # int32 [K, d_max]
     dev_n: jax.Array  # int32 [K]
+    # A data schedule's pass trains on some of each model's rows (``train_idx``); an
+    # adversary still draws its members from all of them (None: ``train_idx`` is all of them).
+    member_idx: jax.Array | None = None  # int32 [K, n_max]
+    member_n: jax.Array | None = None  # int32 [K]
 
     @property
     def num_models(self) -> int:
@@ -371,12 +375,13 @@ def _shuffle_plan(done, idx, n, key, batch_size):
             jnp.any(valid, axis=1), step_key)
 
 
-def _adversary_plan(idx, n, dev_idx, dev_n, key, batch_size, steps):
-    """One model's adversary batches for each step of its epoch: ``[batches, 2, steps,
-    batch_size]`` row indices, members drawn with replacement from its training rows,
-    references from its dev rows (the epoch key's own derivation: the shuffle's are unchanged)."""
+def _adversary_plan(idx, n, dev_idx, dev_n, key, batches, batch_size, steps):
+    """One model's adversary batches for each of the ``batches`` steps of its epoch:
+    ``[batches, 2, steps, batch_size]`` row indices, members drawn with replacement from its
+    training rows ``idx[:n]``, references from its dev rows (the epoch key's own derivation: the
+    shuffle's are unchanged)."""
     member_key, reference_key = jax.random.split(jax.random.fold_in(key, 1))
-    shape = (-(-idx.shape[0] // batch_size), steps, batch_size)
+    shape = (batches, steps, batch_size)
     members = idx[jax.random.randint(member_key, shape, 0, jnp.maximum(n, 1))]
     references = dev_idx[jax.random.randint(reference_key, shape, 0, jnp.maximum(dev_n, 1))]
     return jnp.stack([members, references], axis=1)
@@ -451,14 +456,18 @@ def make_epoch_fn(model: Model, tx, batch_size: int, regularizer: Regularizer | 
     if dp is None:
         plan_all = jax.jit(jax.vmap(functools.partial(_shuffle_plan, batch_size=batch_size)))
         if adversary is not None:
-            adversary_all = jax.jit(jax.vmap(functools.partial(
-                _adversary_plan, batch_size=batch_size, steps=adversary.steps)))
+            adversary_all = jax.jit(
+                jax.vmap(functools.partial(_adversary_plan, batch_size=batch_size,
+                                           steps=adversary.steps),
+                         in_axes=(0, 0, 0, 0, 0, None)), static_argnums=5)
 
         def plan(es, data, keys):
             rows, w, live, step_keys = plan_all(es.done, data.train_idx, data.train_n, keys)
             if adversary is not None:
-                rows = (rows, adversary_all(data.train_idx, data.train_n, data.dev_idx,
-                                            data.dev_n, keys))
+                members = ((data.train_idx, data.train_n) if data.member_idx is None
+                           else (data.member_idx, data.member_n))
+                rows = (rows, adversary_all(*members, data.dev_idx, data.dev_n, keys,
+                                            int(w.shape[1])))
             return rows, w, live, step_keys
     else:
         physical = dp.physical(batch_size)
@@ -586,6 +595,9 @@ class FitResult:
     best_dev_acc: np.ndarray
     epochs_run: int
     steps: np.ndarray | None = None  # [K] optimizer steps each model took (DP accounting)
+    # Every model's state after its last epoch (params, optimizer and adversary states), for
+    # a later fit to continue from (``fit(..., start=)``).
+    last: TrainState | None = None
 
 
 class Checkpointer:
@@ -658,7 +670,8 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         regularizer: Regularizer | None = None, checkpoint_dir: str | None = None,
         metrics_path: str | None = None, stage: str = "train",
         stop_after: int | None = None, mesh=None, defense: Defense | None = None,
-        defended: np.ndarray | None = None, schedule: Schedule | None = None) -> FitResult:
+        defended: np.ndarray | None = None, schedule: Schedule | None = None,
+        start: TrainState | None = None) -> FitResult:
     """Trains an ensemble (leading model axis on params, model_state, masks and keys).
 
     Args:
@@ -681,6 +694,10 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
       stop_after: stop (as if killed) after this many epochs of this call; for resume tests.
       mesh: a 1-D ``'model'`` mesh (:func:`jaxmia.sharding.model_mesh`): the models are split
         over its devices (padded to a multiple of its size with stopped copies); None: one device.
+      start: optional ``FitResult.last`` of an earlier fit of the same models, optimizer and
+        defense to continue from: its optimizer and adversary states carry over (the
+        ``params``, ``model_state`` and ``masks`` given here are the ones trained; IMP's next
+        round passes the carried params, pruned further); step counts restart at 0.
 
     Returns:
       FitResult with each model's best-on-dev params (``cfg.keep='best'``) or final params.
@@ -730,10 +747,22 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
                             mesh, defense) for phase in schedule.phases]
         opt_state = tuple(p[0](params) for p in passes)
         opt_state = opt_state[0] if len(passes) == 1 else opt_state
+    defense_state = _adversary_init(model, defense, params, model_state, data, keys, num_models)
+    if start is not None:
+        if mesh is not None:
+            start = sharding.pad(start, num_models, int(data.train_idx.shape[0]))
+        for name, fresh, carried in (("optimizer", opt_state, start.opt_state),
+                                     ("adversary", defense_state, start.defense_state)):
+            if (jax.tree.structure(fresh) != jax.tree.structure(carried) or any(
+                    a.shape != b.shape for a, b in zip(jax.tree.leaves(fresh),
+                                                       jax.tree.leaves(carried)))):
+                raise UserError(f"the state to continue from holds another {name} state than "
+                                "this fit's; continue only a fit of the same models, optimizer, "
+                                "defense and schedule")
+        opt_state, defense_state = start.opt_state, start.defense_state
     states = TrainState(step=jnp.zeros((data.num_models,), jnp.int32), params=params, masks=masks,
                         model_state=model_state, opt_state=opt_state,
-                        defense_state=_adversary_init(model, defense, params, model_state, data,
-                                                      keys, num_models), defended=defended)
+                        defense_state=defense_state, defended=defended)
     es = EarlyStopState(
         best_acc=jnp.full((data.num_models,), -1.0, jnp.float32),
         best_epoch=jnp.full((data.num_models,), -1, jnp.int32),
@@ -791,12 +820,12 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         return FitResult(params=states.params, model_state=states.model_state, masks=masks,
                          best_epoch=np.full(num_models, epochs_run - 1),
                          best_dev_acc=np.asarray(es.best_acc), epochs_run=epochs_run,
-                         steps=np.asarray(states.step))
+                         steps=np.asarray(states.step), last=states)
     # With DP, the best-on-dev choice looks at the whole trajectory, so ``steps`` (all steps
     # taken, not those up to the best epoch) is what the privacy accounting must count.
     return FitResult(params=es.best_params, model_state=es.best_model_state, masks=masks,
                      best_epoch=np.asarray(es.best_epoch), best_dev_acc=np.asarray(es.best_acc),
-                     epochs_run=epochs_run, steps=np.asarray(states.step))
+                     epochs_run=epochs_run, steps=np.asarray(states.step), last=states)
 
 
 def _scheduled_epoch(schedule: Schedule, epoch_fns, states: TrainState, es, data: EnsembleData,
@@ -820,8 +849,9 @@ def _scheduled_epoch(schedule: Schedule, epoch_fns, states: TrainState, es, data
                                                                             jnp.int32(p + 2))
         if several:
             states = dataclasses.replace(states, opt_state=opt_states[p])
-        states, m = epoch_fn(states, es, dataclasses.replace(data, train_idx=idx, train_n=n),
-                             phase_keys, epoch)
+        phase_data = dataclasses.replace(data, train_idx=idx, train_n=n,
+                                         member_idx=data.train_idx, member_n=data.train_n)
+        states, m = epoch_fn(states, es, phase_data, phase_keys, epoch)
         if several:
             opt_states = opt_states[:p] + (states.opt_state,) + opt_states[p + 1:]
         totals = m if totals is None else jax.tree.map(jnp.add, totals, m)

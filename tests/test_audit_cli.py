@@ -106,6 +106,11 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--relaxloss_upper=0.3"], "--relaxloss_upper sets --defense=relaxloss"),
     (["--relaxloss_variant=image"], "--relaxloss_variant sets --defense=relaxloss"),
     (["--defense=relaxloss", "--relaxloss_variant=cifar"], "unknown --relaxloss_variant 'cifar'"),
+    (["--seed=-1"], "--seed must be an integer in [0, 2**32), got -1"),
+    (["--imp_continue"], "--imp_continue sets the rounds of --pruning=imp"),
+    (["--pruning=imp", "--imp_continue", "--imp_rewind"], "--imp_rewind resets them"),
+    (["--adv_target_steps=one_per_epoch"], "--adv_target_steps sets --defense=adv"),
+    (["--defense=adv", "--adv_target_steps=daily"], "unknown --adv_target_steps 'daily'"),
     (["--defense=dp", "--noise_multiplier=1", "--nodefense_shadows"],
      "--nodefense_shadows leaves the shadows without a loss-term defense"),
     (["--defense=rsw"], "ranks rows by memorization: pass --memorization_scores="),
@@ -270,13 +275,32 @@ def test_a_non_adaptive_defense_leaves_the_shadows_alone(tmp_path, undefended):
 
 def test_adv_defends_the_fine_tuning_with_an_inference_model(tmp_path, undefended):
     out, work, d = _defended(tmp_path, "--defense=adv")
+    # A step per batch of the target's training rows in its one fine-tuning epoch.
+    rows = len(json.loads((work / "splits.json").read_text())["target"]["train"])
+    batch = json.loads((work / "config.json").read_text())["config"]["batch_size"]
     assert d == {"name": "adv", "strength": 1.0, "stages": ["finetune"],
-                 "models": "target and shadows"}
+                 "models": "target and shadows", "target_steps": "every_batch",
+                 "target_steps_taken": {"finetune": -(-rows // batch)}}
+    assert -(-rows // batch) > 1
     assert "defense adv (strength 1) while finetune" in out
     # The same pretraining, then CE - theta * the inference model's member loss (about ln 2
     # at first): below the plain fine-tuning's CE for every model.
     assert all(a < b - 0.3 for a, b in zip(_first_loss(work, "finetune"),
                                            _first_loss(undefended, "finetune")))
+
+
+def test_adv_as_the_released_code_runs_it_takes_one_target_step_an_epoch(tmp_path,
+                                                                          undefended):
+    out, work, d = _defended(tmp_path, "--defense=adv", "--adv_target_steps=one_per_epoch",
+                             "--nodefense_shadows")
+    assert d["target_steps"] == "one_per_epoch" and d["target_steps_taken"] == {"finetune": 1}
+    assert "defense adv (strength 1), one target step an epoch while finetune" in out
+    # The target's fine-tuning epoch is one batch; the undefended shadows fine-tune as without
+    # the defense.
+    line = json.loads(_stage_lines(work, "finetune")[0])
+    plain = json.loads(_stage_lines(undefended, "finetune")[0])
+    assert line["train/loss"][1:] == plain["train/loss"][1:]
+    assert line["train/loss"][0] != plain["train/loss"][0]
 
 
 def test_relaxloss_trains_target_and_shadows_from_scratch(tmp_path, undefended):
@@ -291,6 +315,27 @@ def test_relaxloss_trains_target_and_shadows_from_scratch(tmp_path, undefended):
     # train/loss logs the objective: |L - 5| in epoch 0, so L = 5 - logged (L < 5 here).
     relax = [5 - v for v in _first_loss(work, "pretrain")]
     assert all(a > b for a, b in zip(relax, _first_loss(undefended, "pretrain")))
+
+
+def test_imp_rounds_fresh_or_continued(tmp_path):
+    # Two IMP rounds to 0.7; with --imp_continue the second round starts from the first one's
+    # last epoch and optimizer, so the first round is the same and the second is not.
+    runs = {}
+    for name, extra in (("fresh", []), ("continued", ["--imp_continue"])):
+        work = tmp_path / name
+        r = _run(f"--workdir={work}", "--epochs=2", "--finetune_epochs=2", "--num_shadows=2",
+                 "--attacks=loss", "--pruning=imp", "--imp_rounds=2", "--patience=5", *extra)
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.loads((work / "results.json").read_text())
+        assert abs(res["achieved_sparsity"]["target_overall"] - 0.7) < 0.01
+        assert json.loads((work / "config.json").read_text())["config"]["imp_continue"] == (
+            name == "continued")
+        runs[name] = work
+    assert len(_stage_lines(runs["fresh"], "imp_round1")) == 2
+    assert _stage_lines(runs["fresh"], "imp_round0") == _stage_lines(runs["continued"],
+                                                                     "imp_round0")
+    assert _stage_lines(runs["fresh"], "imp_round1") != _stage_lines(runs["continued"],
+                                                                     "imp_round1")
 
 
 def test_attack_stages_pruned_attacks_only_the_pruned_target(tmp_path):

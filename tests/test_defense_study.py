@@ -40,6 +40,18 @@ def test_only_wemem_settings_keep_the_scores_and_window():
     audit.validate(ppb)  # a loss-term setting is not refused for the base's WeMem fields
 
 
+def test_only_its_own_defense_keeps_a_defenses_options():
+    base = audit.AuditConfig(dataset="digits", adv_target_steps="one_per_epoch",
+                             relaxloss_upper=0.5)
+    none, adv, relax = (defense_study.audit_config(base, s, "/tmp/study")
+                        for s in defense_study.parse_settings("none,adv,relaxloss"))
+    assert (adv.adv_target_steps, adv.relaxloss_upper) == ("one_per_epoch", 1.0)
+    assert (relax.adv_target_steps, relax.relaxloss_upper) == ("every_batch", 0.5)
+    assert (none.adv_target_steps, none.relaxloss_upper) == ("every_batch", 1.0)
+    for cfg in (none, adv, relax):
+        audit.validate(cfg)
+
+
 @pytest.mark.parametrize("text,expect", [
     ("none,magic", "unknown defense 'magic'"), ("ppb:four", "'four' is not a number"),
     ("dp", "needs its noise multiplier"), ("none:1", "'none' takes no strength"),

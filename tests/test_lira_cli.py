@@ -51,6 +51,7 @@ def test_lira_study_on_digits(tmp_path):
     (["--num_models=2"], "--num_models must be >= 4"),
     (["--population_fraction=0.5"], "--population_fraction must be in [0, 0.5)"),
     (["--dataset=mnist"], "unknown dataset 'mnist'"),
+    (["--seed=-1"], "--seed must be an integer in [0, 2**32), got -1"),
     (["--pruning=magic"], "unknown pruning method 'magic'"),
     (["--query_shift=3"], "--query_shift must be >= 0 and a multiple of --query_stride"),
 ])

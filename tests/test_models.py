@@ -58,6 +58,52 @@ def test_batchnorm_state_updates_in_training_only():
     jax.tree.map(np.testing.assert_array_equal, same_state, state)
 
 
+def _torch_batchnorm(x, rows, running_mean, running_var, momentum=0.1, eps=1e-5):
+    """PyTorch's ``BatchNorm{1,2}d`` training step as its documentation states it, in NumPy
+    (float64): normalize with the biased variance of the real rows' values per channel, update
+    the running variance with the unbiased one."""
+    x = np.asarray(x, np.float64)
+    real = x[np.asarray(rows)].reshape(-1, x.shape[-1])
+    mean, var = real.mean(0), real.var(0)
+    n = real.shape[0]
+    out = (x - mean) / np.sqrt(var + eps)
+    return (out, (1 - momentum) * running_mean + momentum * mean,
+            (1 - momentum) * running_var + momentum * var * n / (n - 1))
+
+
+@pytest.mark.parametrize("shape,real", [((6, 3), 4), ((3, 2, 2, 5), 2)])
+def test_batchnorm_is_pytorchs_unbiased_running_variance_included(shape, real):
+    from flax import linen as nn
+
+    from jaxmia.models import layers
+
+    x = 2.0 + 3.0 * jax.random.normal(jax.random.key(0), shape)
+    rows = np.arange(shape[0]) < real
+    bn = layers.BatchNorm()
+    variables = bn.init(jax.random.key(1), x, False)
+    mask = jnp.asarray(rows).reshape((-1,) + (1,) * (len(shape) - 1))
+    out, new = bn.apply(variables, x, True, mask=mask, mutable=["batch_stats"])
+    ref_out, ref_mean, ref_var = _torch_batchnorm(x, rows, np.zeros(shape[-1]),
+                                                  np.ones(shape[-1]))
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(new["batch_stats"]["mean"], ref_mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(new["batch_stats"]["var"], ref_var, rtol=1e-6)
+    # Flax's own BatchNorm normalizes the same but keeps the biased variance: its running
+    # variance is ours without the n / (n - 1).
+    flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
+    flax_out, flax_new = flax_bn.apply(flax_bn.init(jax.random.key(1), x), x, mask=mask,
+                                       mutable=["batch_stats"])
+    np.testing.assert_allclose(out, flax_out, rtol=1e-4, atol=1e-5)
+    n = real * int(np.prod(shape[1:-1]))
+    np.testing.assert_allclose(np.asarray(new["batch_stats"]["var"]) - 0.9,
+                               (np.asarray(flax_new["batch_stats"]["var"]) - 0.9) * n / (n - 1),
+                               rtol=1e-5)
+    # Evaluation normalizes with the running statistics.
+    evaluated = bn.apply({**variables, "batch_stats": new["batch_stats"]}, x, False)
+    np.testing.assert_allclose(evaluated, (np.asarray(x) - ref_mean) / np.sqrt(ref_var + 1e-5),
+                               rtol=1e-4, atol=1e-5)
+
+
 def test_group_norm_variant_has_no_batch_stats():
     m = models.make("resnet20", 10, (8, 8, 3), norm="group")
     params, state = m.init(jax.random.key(0))

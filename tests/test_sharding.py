@@ -25,21 +25,28 @@ lists = [np.asarray(data.train_idx[k, : int(data.train_n[k])]) for k in range(K)
 swmr = wemem.make("swmr", lists, np.asarray(data.y),
                   np.asarray(jax.random.uniform(jax.random.key(5), (data.x.shape[0],))),
                   epochs=2, width=8, stride=2, threshold=0.6)
-for name, (cfg, defense, schedule) in {
-        "adam": (adam, None, None),
+adv = defenses.REGISTRY["adv"](1.0)
+two = training.dataclasses.replace(adam, epochs=2)
+# IMP's --imp_continue: a fit continued from another's last state (optimizer and inference
+# models), padded and sharded like the rest.
+first = training.fit(model, params, state, pruning.ones_like(params), data, two, keys,
+                     defense=adv).last
+for name, (cfg, defense, schedule, start) in {
+        "adam": (adam, None, None, None),
         "dp": (training.TrainConfig(epochs=3, batch_size=32, dp=DPConfig(noise_multiplier=1.0)),
-               None, None),
+               None, None, None),
         # ADV: each model's inference model is sharded with it.
-        "adv": (training.dataclasses.replace(adam, epochs=2), defenses.REGISTRY["adv"](1.0),
-                None),
-        "swmr": (training.dataclasses.replace(adam, epochs=2), None, swmr),
+        "adv": (two, adv, None, None),
+        "swmr": (two, None, swmr, None),
+        "adv_continued": (two, adv, None, first),
         }.items():
-    ref = training.fit(model, params, state, pruning.ones_like(params), data, cfg, keys,
-                       defense=defense, schedule=schedule)
+    p0, s0 = (params, state) if start is None else (start.params, start.model_state)
+    ref = training.fit(model, p0, s0, pruning.ones_like(params), data, cfg, keys,
+                       defense=defense, schedule=schedule, start=start)
     for devices in (8, 2):
         mesh = sharding.model_mesh(jax.devices()[:devices])
-        got = training.fit(model, params, state, pruning.ones_like(params), data, cfg, keys,
-                           mesh=mesh, defense=defense, schedule=schedule)
+        got = training.fit(model, p0, s0, pruning.ones_like(params), data, cfg, keys,
+                           mesh=mesh, defense=defense, schedule=schedule, start=start)
         diff = max(float(jnp.max(jnp.abs(a - b)))
                    for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(ref.params)))
         out[f"{name}/{devices}"] = {

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from jaxmia import models, pruning, training
+from jaxmia.errors import UserError
 
 
 def _setup(num_models=3, n=240, sizes=None, model_name="mlp"):
@@ -314,3 +315,39 @@ def test_sigmoid_mse_loss_hand_worked():
     assert int(m["correct"]) == 3
     with pytest.raises(Exception, match="unknown loss"):
         training.make_train_step(model, tx, loss="hinge")
+
+
+def test_a_fit_continues_from_anothers_last_state_with_its_optimizer():
+    # IMP's next round with --imp_continue: the last params, pruned further, train on with the
+    # optimizer state of the fit before (a hand-threaded epoch loop is the oracle).
+    import dataclasses
+
+    model, params, state, x, y, train, dev, keys = _setup(num_models=2)
+    ens = training.make_ensemble_data(x, y, train[:2], dev[:2])
+    cfg = training.TrainConfig(epochs=2, batch_size=32, patience=None, ensemble_mode="looped")
+    first = training.fit(model, params, state, pruning.ones_like(params), ens, cfg, keys)
+    masks = pruning.make_masks("l1_unstructured", first.last.params, 0.5, ensemble=True)
+    pruned = pruning.apply_masks(first.last.params, masks)
+    keys2 = jax.random.split(jax.random.key(7), 2)
+    second = training.fit(model, pruned, first.last.model_state, masks, ens, cfg, keys2,
+                          start=first.last)
+    np.testing.assert_array_equal(second.steps, first.steps)  # counted per fit
+    epoch = training.make_epoch_fn(model, training.make_optimizer(cfg), 32, mode="looped",
+                                   masked=pruning.masked_paths(masks))
+    states = dataclasses.replace(first.last, params=pruned, masks=masks,
+                                 step=jnp.zeros(2, jnp.int32))
+    es = training.EarlyStopState(best_acc=jnp.zeros(2), best_epoch=jnp.zeros(2, jnp.int32),
+                                 best_params=pruned, best_model_state=state,
+                                 bad_epochs=jnp.zeros(2, jnp.int32), done=jnp.zeros(2, bool))
+    for e in range(2):
+        states, _ = epoch(states, es, ens, training._epoch_keys(keys2, jnp.int32(e)), e)
+    jax.tree.map(np.testing.assert_array_equal, second.last.params, states.params)
+    jax.tree.map(np.testing.assert_array_equal, second.last.opt_state, states.opt_state)
+    # A fresh optimizer trains other models.
+    fresh = training.fit(model, pruned, first.last.model_state, masks, ens, cfg, keys2)
+    assert not np.allclose(fresh.last.params["Dense_0"]["kernel"],
+                           second.last.params["Dense_0"]["kernel"])
+    # Another optimizer's state is refused.
+    with pytest.raises(UserError, match="holds another optimizer state"):
+        training.fit(model, pruned, state, masks, ens,
+                     dataclasses.replace(cfg, optimizer="sgd"), keys2, start=first.last)

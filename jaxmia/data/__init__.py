@@ -37,6 +37,12 @@ def check_name(name: str) -> None:
         raise UserError(f"unknown dataset '{name}'; choose one of {', '.join(REGISTRY)}")
 
 
+def check_seed(seed: int) -> None:
+    """The splits' and samplers' seeds are numpy's: an integer in [0, 2**32)."""
+    if not 0 <= seed < 2**32:
+        raise UserError(f"--seed must be an integer in [0, 2**32), got {seed}")
+
+
 def load(name: str, data_dir: str | None = None) -> Dataset:
     """Loads dataset ``name`` from ``data_dir`` (or ``$JAXMIA_DATA_DIR``).
 

@@ -13,7 +13,12 @@ rewarded where the inference model fails to recognize its members.
 Differences from the released code, on purpose: there, ``train_defend_adv`` takes its 7 attack
 steps and *one* target step per call, and is called once per epoch, so a whole fine-tuning
 makes only one target step an epoch (a bug, see PAPERS-CODE-NOTES.md); here every target step
-is preceded by the attack's steps, as in Nasr et al.'s Algorithm 1. The member and reference
+is preceded by the attack's steps, as in Nasr et al.'s Algorithm 1. The released code's
+schedule is offered as an option, :func:`one_step_per_epoch` (the audit's
+``--adv_target_steps=one_per_epoch``): a data schedule whose epoch is one batch of
+``batch_size`` rows drawn without replacement (the first batch of a freshly shuffled loader),
+with the inference model's 7 updates before it, their members drawn from all the model's
+training rows as the code's ``train_iter`` walks them. The member and reference
 batches are drawn at random (with replacement) from the model's own rows, where the code walks
 its data loaders; the attack loss is not multiplied by ``strength`` (the code's
 ``privacy_theta * CE``, which Adam all but cancels). The term couples the batch with the
@@ -26,10 +31,11 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxmia import training
-from jaxmia.base import Adversary, Defense, Model
+from jaxmia.base import Adversary, Defense, Model, Phase, Schedule
 from jaxmia.errors import UserError
 from jaxmia.models import mlp
 from jaxmia.models.wrap import from_linen
@@ -37,6 +43,9 @@ from jaxmia.models.wrap import from_linen
 DEFAULT_STRENGTH = 1.0  # theta, the weight of the inference model's gain
 ATTACK_STEPS = 7
 ATTACK_LR, ATTACK_WEIGHT_DECAY = 1e-3, 5e-4
+# How many target steps an epoch takes: one per batch (Nasr et al.'s Algorithm 1, the default)
+# or one per epoch (the released code's schedule, :func:`one_step_per_epoch`).
+TARGET_STEPS = ("every_batch", "one_per_epoch")
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,3 +128,47 @@ def make(strength: float = DEFAULT_STRENGTH, steps: int = ATTACK_STEPS) -> Defen
 
     return Defense(penalty=term, per_example=False, name="adv",
                    adversary=Adversary(init=init, train=train, steps=steps))
+
+
+def check_target_steps(target_steps: str) -> None:
+    if target_steps not in TARGET_STEPS:
+        raise UserError(f"unknown --adv_target_steps '{target_steps}'; choose one of "
+                        f"{', '.join(TARGET_STEPS)}")
+
+
+def one_step_per_epoch(train_lists, batch_size: int, *, defended=None, seed: int = 0,
+                       stream: int = 0) -> Schedule:
+    """The released code's ADV schedule as a data schedule: every epoch, each defended model
+    trains on one batch of ``batch_size`` of its rows (all of them when it has fewer), drawn
+    without replacement, so a fit takes one target step an epoch.
+
+    Args:
+      train_lists: each model's training rows (pool indices), as the fit's data holds them.
+      batch_size: the fit's batch size.
+      defended: optional bool ``[K]``; an undefended model trains on all its rows every epoch
+        (a non-adaptive shadow). None: all models are defended.
+      seed, stream: model k's batch of epoch e is drawn by ``numpy`` from the seed sequence
+        ``(seed, stream, k, e)``; give each fit of a run its own ``stream``.
+    """
+    if batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {batch_size}")
+    train_lists = [np.asarray(r) for r in train_lists]
+    num_models = len(train_lists)
+    defended = (np.ones(num_models, bool) if defended is None else np.asarray(defended, bool))
+    if defended.shape != (num_models,):
+        raise ValueError(f"defended needs one flag per model ({num_models}), got shape "
+                         f"{defended.shape}")
+
+    def rows(epoch: int):
+        out = []
+        for k, r in enumerate(train_lists):
+            if not defended[k] or len(r) <= batch_size:
+                out.append(r)
+                continue
+            rng = np.random.default_rng((seed, stream, k, epoch))
+            out.append(r[np.sort(rng.choice(len(r), size=batch_size, replace=False))])
+        return out
+
+    capacity = max([min(len(r), batch_size) if d else len(r)
+                    for r, d in zip(train_lists, defended)] + [1])
+    return Schedule(name="adv_one_per_epoch", phases=(Phase(rows=rows, capacity=capacity),))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
@@ -19,7 +20,8 @@ def check_norm(norm: str) -> None:
 
 
 class Norm(nn.Module):
-    """BatchNorm (PyTorch defaults: momentum 0.1, eps 1e-5), GroupNorm, or identity.
+    """BatchNorm (PyTorch's: momentum 0.1, eps 1e-5, unbiased running variance), GroupNorm,
+    or identity.
 
     BatchNorm statistics couple the examples of a batch, so DP training refuses BatchNorm models;
     GroupNorm (32 groups, fewer when channels are few) is the drop-in replacement Opacus uses.
@@ -41,14 +43,50 @@ class Norm(nn.Module):
         return x
 
 
+class BatchNorm(nn.Module):
+    """PyTorch's ``BatchNorm`` (momentum 0.1, eps 1e-5) over the last axis: training
+    normalizes with the batch's biased variance and updates the running variance with the
+    unbiased one (``n / (n - 1)``, n the values per channel), as PyTorch does, where Flax's
+    ``nn.BatchNorm`` keeps the biased one. ``mask`` (broadcastable to ``x``, training only)
+    names the values the statistics see. Its variables are Flax's (params ``scale``, ``bias``;
+    ``batch_stats`` ``mean``, ``var``), so checkpoints and network slimming see the same tree."""
+
+    momentum: float = 0.1
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x, train: bool, mask=None):
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,))
+        bias = self.param("bias", nn.initializers.zeros, (c,))
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+        if not train:
+            mean, var = ra_mean.value, ra_var.value
+        else:
+            axes = tuple(range(x.ndim - 1))
+            w = (jnp.ones(x.shape[:-1] + (1,), x.dtype) if mask is None
+                 else jnp.broadcast_to(mask, x.shape[:-1] + (1,)).astype(x.dtype))
+            n = jnp.sum(w)
+            mean = jnp.sum(w * x, axes) / jnp.maximum(n, 1.0)
+            var = jnp.sum(w * jnp.square(x - mean), axes) / jnp.maximum(n, 1.0)
+            if not self.is_initializing():
+                m = self.momentum
+                ra_mean.value = (1.0 - m) * ra_mean.value + m * mean
+                # One value per channel has no unbiased variance (PyTorch refuses it); keep
+                # the biased one there.
+                ra_var.value = (1.0 - m) * ra_var.value + m * var * n / jnp.maximum(n - 1.0,
+                                                                                    1.0)
+        return (x - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
 def batch_norm(x, train: bool, rows=None, name=None):
-    """Flax's BatchNorm with PyTorch's defaults (momentum 0.1, eps 1e-5), created in the calling
-    module; in training its batch statistics cover the ``rows`` (``[B]`` bool) of ``x`` that are
-    real, all of them when ``rows`` is None."""
+    """:class:`BatchNorm` created in the calling module; in training its batch statistics
+    cover the ``rows`` (``[B]`` bool) of ``x`` that are real, all of them when ``rows`` is
+    None."""
     mask = None if rows is None or not train else (
         rows.astype(bool).reshape(rows.shape + (1,) * (x.ndim - 1)))
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                        name=name)(x, mask=mask)
+    return BatchNorm(name=name)(x, train, mask=mask)
 
 
 def conv(features, kernel=3, stride=1, bias=False, name=None):
