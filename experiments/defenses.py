@@ -47,6 +47,10 @@ flags.DEFINE_bool("defense_shadows", D.defense_shadows, "adaptive shadows (train
 flags.DEFINE_string("memorization_scores", None, "the WeMem settings' scores: memorization.npz "
                     "of experiments/lira.py --population_fraction=0 on this dataset (their "
                     "other settings are experiments/audit.py's defaults)")
+flags.DEFINE_float("relaxloss_upper", D.relaxloss_upper, "the relaxloss settings' cap on the "
+                   "true class's probability in the flattened targets")
+flags.DEFINE_string("relaxloss_variant", D.relaxloss_variant, "the relaxloss settings' "
+                    "flattening: tabular | image")
 flags.DEFINE_string("adv_target_steps", D.adv_target_steps, "the adv settings' target steps: "
                     "every_batch | one_per_epoch (the released code's schedule)")
 flags.DEFINE_integer("seed", D.seed, "split seed and root PRNG key")
@@ -65,7 +69,8 @@ def main(argv):
             attack_stages=tuple(FLAGS.attack_stages), defense_shadows=FLAGS.defense_shadows,
             seed=FLAGS.seed, data_dir=FLAGS.data_dir,
             memorization_scores=FLAGS.memorization_scores,
-            adv_target_steps=FLAGS.adv_target_steps)
+            adv_target_steps=FLAGS.adv_target_steps, relaxloss_upper=FLAGS.relaxloss_upper,
+            relaxloss_variant=FLAGS.relaxloss_variant)
         study = lib.run(base, lib.parse_settings(FLAGS.settings), FLAGS.workdir)
         return lib.format_table(study), f"{FLAGS.workdir}/study.json"
 

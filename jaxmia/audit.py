@@ -185,8 +185,9 @@ def validate(cfg: AuditConfig) -> AuditConfig:
                              ("checkpoint_every", cfg.checkpoint_every, 1)):
         if value < low:
             raise UserError(f"--{name} must be >= {low}, got {value}")
-    if not cfg.lr > 0 or cfg.weight_decay < 0 or cfg.slim_l1 < 0:
-        raise UserError("--lr must be > 0 and --weight_decay, --slim_l1 must be >= 0")
+    training.check_rates(cfg.lr, cfg.weight_decay)
+    if not (np.isfinite(cfg.slim_l1) and cfg.slim_l1 >= 0):
+        raise UserError(f"--slim_l1 must be a finite number >= 0, got {cfg.slim_l1}")
     cfg = dataclasses.replace(cfg, attacks=expand_attacks(cfg))
     if not cfg.attack_stages or set(cfg.attack_stages) - set(ATTACK_STAGES):
         raise UserError(f"--attack_stages must name one or both of {', '.join(ATTACK_STAGES)}; "

@@ -69,7 +69,7 @@ class DPConfig:
                             f"the physical batch ({physical})")
 
     def physical(self, batch_size: int) -> int:
-        return self.physical_batch or batch_size
+        return batch_size if self.physical_batch is None else self.physical_batch
 
     @property
     def sensitivity_factor(self) -> float:

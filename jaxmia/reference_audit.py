@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 
@@ -77,12 +78,23 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if not 0 <= cfg.population_fraction < 0.5:
         raise UserError(f"--population_fraction must be in [0, 0.5), got "
                         f"{cfg.population_fraction}")
+    if cfg.norm is not None:
+        models.layers.check_norm(cfg.norm)
     for name in ("epochs", "batch_size", "checkpoint_every"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
+    training.check_rates(cfg.lr, cfg.weight_decay)
     if cfg.pruning != "none":
         pruning.check_method(cfg.pruning)
         pruning.check_sparsity(cfg.sparsity)
+        if cfg.finetune_epochs < 0:
+            raise UserError(f"--finetune_epochs must be >= 0, got {cfg.finetune_epochs}")
+    if not (math.isfinite(cfg.rmia_gamma) and cfg.rmia_gamma > 0):
+        raise UserError(f"--rmia_gamma (RMIA's pairwise threshold) must be a finite number > 0, "
+                        f"got {cfg.rmia_gamma}")
+    if not 0 <= cfg.rmia_offline_a <= 1:
+        raise UserError(f"--rmia_offline_a (RMIA's offline approximation) must be in [0, 1], "
+                        f"got {cfg.rmia_offline_a}")
     if cfg.query_shift < 0 or cfg.query_stride < 1 or cfg.query_shift % cfg.query_stride:
         raise UserError(f"--query_shift must be >= 0 and a multiple of --query_stride >= 1 (so "
                         f"the unshifted image is one of the queries), got {cfg.query_shift} and "

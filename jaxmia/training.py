@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -145,6 +146,15 @@ def looped_models(fn, in_axes):
         return jax.lax.map(one, tuple(a for a, axis in zip(args, in_axes) if axis == 0))
 
     return mapped
+
+
+def check_rates(lr: float, weight_decay: float) -> None:
+    """Refuses a learning rate that is not a finite number > 0 or a weight decay that is not a
+    finite number >= 0 (the CLI's --lr, --weight_decay)."""
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--lr must be a finite number > 0, got {lr}")
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise UserError(f"--weight_decay must be a finite number >= 0, got {weight_decay}")
 
 
 def make_optimizer(cfg: TrainConfig, steps_per_epoch: int = 1) -> optax.GradientTransformation:

@@ -91,6 +91,10 @@ def test_study_on_digits_tabulates_its_audits_and_resumes(tmp_path):
     (["--settings=none,magic"], "unknown defense 'magic'"),
     # The second setting's audit refuses its strength: the first must not have run either.
     (["--settings=none,ppb:-1"], "--defense_strength must be > 0 for ppb"),
+    # A defense's own flags reach its settings (and only those: 'none' is not refused).
+    (["--settings=none,adv", "--adv_target_steps=sometimes"],
+     "unknown --adv_target_steps 'sometimes'"),
+    (["--settings=none,relaxloss", "--relaxloss_upper=2"], "--relaxloss_upper must be in (0, 1]"),
     (["--settings=none,relaxloss", "--pruning=none", "--attack_stages=unpruned",
       "--sparsity=1.5"], "sparsity"),
 ])

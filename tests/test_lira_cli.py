@@ -52,6 +52,12 @@ def test_lira_study_on_digits(tmp_path):
     (["--population_fraction=0.5"], "--population_fraction must be in [0, 0.5)"),
     (["--dataset=mnist"], "unknown dataset 'mnist'"),
     (["--seed=-1"], "--seed must be an integer in [0, 2**32), got -1"),
+    (["--lr=-1"], "--lr must be a finite number > 0, got -1.0"),
+    (["--weight_decay=nan"], "--weight_decay must be a finite number >= 0, got nan"),
+    (["--pruning=l1_unstructured", "--finetune_epochs=-1"], "--finetune_epochs must be >= 0"),
+    (["--rmia_gamma=0"], "--rmia_gamma (RMIA's pairwise threshold) must be a finite number > 0"),
+    (["--rmia_offline_a=2"], "--rmia_offline_a (RMIA's offline approximation) must be in [0, 1]"),
+    (["--norm=bogus"], "unknown norm layer 'bogus'"),
     (["--pruning=magic"], "unknown pruning method 'magic'"),
     (["--query_shift=3"], "--query_shift must be >= 0 and a multiple of --query_stride"),
 ])
