@@ -684,15 +684,18 @@ def run(cfg: AuditConfig) -> dict:
                                defense=defense, defended=_defended(cfg, num_models, defense),
                                schedule=_schedule(cfg, scores, ens, ft_cfg.epochs,
                                                   stream=2 + r),
-                               start=before.last if carried else None)
+                               start=before.last if carried else None,
+                               return_last=cfg.imp_continue)
+            if carried:  # the round before has handed its state on
+                results_by_round[r - 1] = dataclasses.replace(before, last=None)
             results_by_round[r] = res
-            finetunes.append(res)
+            finetunes.append(dataclasses.replace(res, last=None))
             return res.last.params if cfg.imp_continue else res.params
 
         _, masks = pruning.iterative_magnitude(
             pre.params, cfg.sparsity, cfg.imp_rounds, retrain, method=cfg.imp_method,
             rewind_params=init_params if cfg.imp_rewind else None, ensemble=True)
-        pruned = results_by_round[cfg.imp_rounds - 1]
+        pruned = dataclasses.replace(results_by_round[cfg.imp_rounds - 1], last=None)
     else:
         masks = pruning.make_masks(cfg.pruning, pre.params, cfg.sparsity, ensemble=True)
         params, model_state, ft_ens = pre.params, pre.model_state, ens

@@ -606,7 +606,7 @@ class FitResult:
     epochs_run: int
     steps: np.ndarray | None = None  # [K] optimizer steps each model took (DP accounting)
     # Every model's state after its last epoch (params, optimizer and adversary states), for
-    # a later fit to continue from (``fit(..., start=)``).
+    # a later fit to continue from (``fit(..., start=)``); only with ``fit(return_last=True)``.
     last: TrainState | None = None
 
 
@@ -681,7 +681,7 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         metrics_path: str | None = None, stage: str = "train",
         stop_after: int | None = None, mesh=None, defense: Defense | None = None,
         defended: np.ndarray | None = None, schedule: Schedule | None = None,
-        start: TrainState | None = None) -> FitResult:
+        start: TrainState | None = None, return_last: bool = False) -> FitResult:
     """Trains an ensemble (leading model axis on params, model_state, masks and keys).
 
     Args:
@@ -708,6 +708,9 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         defense to continue from: its optimizer and adversary states carry over (the
         ``params``, ``model_state`` and ``masks`` given here are the ones trained; IMP's next
         round passes the carried params, pruned further); step counts restart at 0.
+      return_last: also return every model's state after its last epoch (``FitResult.last``,
+        what ``start`` takes); off by default, as it holds a second copy of the params and the
+        optimizer state.
 
     Returns:
       FitResult with each model's best-on-dev params (``cfg.keep='best'``) or final params.
@@ -830,12 +833,13 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         return FitResult(params=states.params, model_state=states.model_state, masks=masks,
                          best_epoch=np.full(num_models, epochs_run - 1),
                          best_dev_acc=np.asarray(es.best_acc), epochs_run=epochs_run,
-                         steps=np.asarray(states.step), last=states)
+                         steps=np.asarray(states.step), last=states if return_last else None)
     # With DP, the best-on-dev choice looks at the whole trajectory, so ``steps`` (all steps
     # taken, not those up to the best epoch) is what the privacy accounting must count.
     return FitResult(params=es.best_params, model_state=es.best_model_state, masks=masks,
                      best_epoch=np.asarray(es.best_epoch), best_dev_acc=np.asarray(es.best_acc),
-                     epochs_run=epochs_run, steps=np.asarray(states.step), last=states)
+                     epochs_run=epochs_run, steps=np.asarray(states.step),
+                     last=states if return_last else None)
 
 
 def _scheduled_epoch(schedule: Schedule, epoch_fns, states: TrainState, es, data: EnsembleData,

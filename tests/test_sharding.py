@@ -30,7 +30,7 @@ two = training.dataclasses.replace(adam, epochs=2)
 # IMP's --imp_continue: a fit continued from another's last state (optimizer and inference
 # models), padded and sharded like the rest.
 first = training.fit(model, params, state, pruning.ones_like(params), data, two, keys,
-                     defense=adv).last
+                     defense=adv, return_last=True).last
 for name, (cfg, defense, schedule, start) in {
         "adam": (adam, None, None, None),
         "dp": (training.TrainConfig(epochs=3, batch_size=32, dp=DPConfig(noise_multiplier=1.0)),

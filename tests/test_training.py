@@ -325,12 +325,15 @@ def test_a_fit_continues_from_anothers_last_state_with_its_optimizer():
     model, params, state, x, y, train, dev, keys = _setup(num_models=2)
     ens = training.make_ensemble_data(x, y, train[:2], dev[:2])
     cfg = training.TrainConfig(epochs=2, batch_size=32, patience=None, ensemble_mode="looped")
-    first = training.fit(model, params, state, pruning.ones_like(params), ens, cfg, keys)
+    first = training.fit(model, params, state, pruning.ones_like(params), ens, cfg, keys,
+                         return_last=True)
+    assert training.fit(model, params, state, pruning.ones_like(params), ens, cfg,
+                        keys).last is None  # not kept unless asked for
     masks = pruning.make_masks("l1_unstructured", first.last.params, 0.5, ensemble=True)
     pruned = pruning.apply_masks(first.last.params, masks)
     keys2 = jax.random.split(jax.random.key(7), 2)
     second = training.fit(model, pruned, first.last.model_state, masks, ens, cfg, keys2,
-                          start=first.last)
+                          start=first.last, return_last=True)
     np.testing.assert_array_equal(second.steps, first.steps)  # counted per fit
     epoch = training.make_epoch_fn(model, training.make_optimizer(cfg), 32, mode="looped",
                                    masked=pruning.masked_paths(masks))
@@ -344,7 +347,8 @@ def test_a_fit_continues_from_anothers_last_state_with_its_optimizer():
     jax.tree.map(np.testing.assert_array_equal, second.last.params, states.params)
     jax.tree.map(np.testing.assert_array_equal, second.last.opt_state, states.opt_state)
     # A fresh optimizer trains other models.
-    fresh = training.fit(model, pruned, first.last.model_state, masks, ens, cfg, keys2)
+    fresh = training.fit(model, pruned, first.last.model_state, masks, ens, cfg, keys2,
+                         return_last=True)
     assert not np.allclose(fresh.last.params["Dense_0"]["kernel"],
                            second.last.params["Dense_0"]["kernel"])
     # Another optimizer's state is refused.
