@@ -347,15 +347,15 @@ def _schedule(cfg: AuditConfig, scores, ens: training.EnsembleData, epochs: int,
         return None
     train_n = np.asarray(ens.train_n)
     lists = [np.asarray(ens.train_idx[k, : train_n[k]]) for k in range(ens.num_models)]
+    defended = None if cfg.defense_shadows else np.arange(ens.num_models) == 0
     if adv_code:
-        return defenses.adv.one_step_per_epoch(
-            lists, cfg.batch_size, defended=None if cfg.defense_shadows else
-            np.arange(ens.num_models) == 0, seed=cfg.seed, stream=stream)
+        return defenses.adv.one_step_per_epoch(lists, cfg.batch_size, defended=defended,
+                                               seed=cfg.seed, stream=stream)
     return wemem.make(cfg.defense, lists, np.asarray(ens.y), scores, epochs=epochs,
                       width=cfg.wemem_width, stride=cfg.wemem_stride, order=cfg.wemem_order,
                       threshold=cfg.wemem_threshold, weight_decay=cfg.wemem_weight_decay,
                       windows=cfg.wemem_windows,
-                      defended=None if cfg.defense_shadows else np.arange(ens.num_models) == 0,
+                      defended=defended,
                       seed=cfg.seed)
 
 

@@ -186,7 +186,7 @@ def test_a_schedule_of_every_row_trains_exactly_the_unscheduled_adv_models():
     jax.tree.map(np.testing.assert_array_equal, sched.params, plain.params)
 
 
-def _recording_model(num_rows):
+def _recording_model():
     """Logits = the one-hot input (a zero-gradient bias keeps the optimizer busy), and an
     adversary that counts how often each row was drawn as a member and as a reference."""
     from jaxmia.base import Adversary, Defense, Model
@@ -216,7 +216,7 @@ def test_one_step_per_epoch_takes_one_target_step_an_epoch_against_every_member(
     train = [np.arange(0, 60), np.arange(60, 100)]
     dev = [np.arange(100, 110), np.arange(110, 120)]
     data = training.make_ensemble_data(x, y, train, dev)
-    model, defense = _recording_model(n)
+    model, defense = _recording_model()
     keys = jax.random.split(jax.random.key(0), 2)
     params, state = training.init_ensemble(model, keys)
     cfg = training.TrainConfig(epochs=5, batch_size=8, patience=None, optimizer="sgd",
