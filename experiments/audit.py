@@ -58,6 +58,9 @@ flags.DEFINE_integer("imp_rounds", D.imp_rounds, "--pruning=imp: prune-and-retra
 flags.DEFINE_string("imp_method", D.imp_method, "--pruning=imp: criterion of each round")
 flags.DEFINE_bool("imp_rewind", D.imp_rewind, "--pruning=imp: rewind survivors to their "
                   "initialization before each retraining (lottery ticket)")
+flags.DEFINE_integer("imp_rewind_epoch", D.imp_rewind_epoch, "--imp_rewind: rewind to the "
+                     "weights after this many pretraining epochs instead (late rewinding; "
+                     "0 = the initialization)")
 flags.DEFINE_bool("imp_continue", D.imp_continue, "--pruning=imp: each round continues from "
                   "the previous round's last epoch with its optimizer state (WeMem's code); "
                   "default: from its best-on-dev model with a fresh optimizer")
@@ -185,8 +188,12 @@ def main(argv):
                     defense += f"_{r.defense_stages}"
                 if not r.defense_shadows:
                     defense += "_nonadaptive"
+            imp = ""  # IMP's rounds, when they differ from the default's
+            if r.pruning == "imp":
+                imp = (f"_rewind{r.imp_rewind_epoch}" if r.imp_rewind else
+                       "_continue" if r.imp_continue else "")
             cfg = dataclasses.replace(cfg, workdir=f"workdir/{r.dataset}_{r.model}_{r.pruning}"
-                                                   f"{r.sparsity}{defense}_s{r.seed}")
+                                                   f"{r.sparsity}{imp}{defense}_s{r.seed}")
         results = audit_lib.run(cfg)
         return audit_lib.format_table(results), f"{cfg.workdir}/results.json"
 

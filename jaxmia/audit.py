@@ -61,6 +61,9 @@ class AuditConfig:
     imp_rounds: int = 3
     imp_method: str = "l1_unstructured"
     imp_rewind: bool = False
+    # With imp_rewind: the survivors go back to their weights after this many pretraining
+    # epochs (Frankle et al.'s late rewinding); 0 = the initialization.
+    imp_rewind_epoch: int = 0
     # True: each IMP round continues from the previous round's last epoch with its optimizer
     # (and ADV's inference model) state, as WeMem's code runs its rounds; False: from the
     # previous round's best-on-dev model with a fresh optimizer.
@@ -178,6 +181,12 @@ def validate(cfg: AuditConfig) -> AuditConfig:
     elif cfg.imp_continue:
         raise UserError(f"--imp_continue sets the rounds of --pruning=imp, not "
                         f"--pruning={cfg.pruning}")
+    if not 0 <= cfg.imp_rewind_epoch <= cfg.epochs:
+        raise UserError(f"--imp_rewind_epoch must be in [0, --epochs={cfg.epochs}] (the "
+                        f"pretraining epoch to rewind to), got {cfg.imp_rewind_epoch}")
+    if cfg.imp_rewind_epoch and not (cfg.pruning == "imp" and cfg.imp_rewind):
+        raise UserError("--imp_rewind_epoch sets where --imp_rewind goes back to; pass "
+                        "--pruning=imp --imp_rewind with it")
     pruning.check_sparsity(cfg.sparsity)
     for name, value, low in (("num_shadows", cfg.num_shadows, 1), ("epochs", cfg.epochs, 1),
                              ("finetune_epochs", cfg.finetune_epochs, 0),
@@ -654,7 +663,8 @@ def run(cfg: AuditConfig) -> dict:
                        jax.random.split(train_key, num_models), regularizer=reg,
                        checkpoint_dir=os.path.join(ckpt, "pretrain"), metrics_path=metrics_path,
                        stage="pretrain", mesh=mesh, defense=pre_defense,
-                       defended=_defended(cfg, num_models, pre_defense), schedule=pre_schedule)
+                       defended=_defended(cfg, num_models, pre_defense), schedule=pre_schedule,
+                       keep_epoch=cfg.imp_rewind_epoch or None)
     timing["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -666,7 +676,9 @@ def run(cfg: AuditConfig) -> dict:
         pruned = dataclasses.replace(pre, params=pruning.apply_masks(pre.params, masks),
                                      masks=masks)
     elif cfg.pruning == "imp":
-        _log(f"[audit] iterative magnitude pruning: {cfg.imp_rounds} rounds to {cfg.sparsity}")
+        _log(f"[audit] iterative magnitude pruning: {cfg.imp_rounds} rounds to {cfg.sparsity}"
+             + (f", rewinding to pretraining epoch {cfg.imp_rewind_epoch}" if cfg.imp_rewind
+                else ""))
         results_by_round = {}
 
         def retrain(params, masks, r):
@@ -694,7 +706,8 @@ def run(cfg: AuditConfig) -> dict:
 
         _, masks = pruning.iterative_magnitude(
             pre.params, cfg.sparsity, cfg.imp_rounds, retrain, method=cfg.imp_method,
-            rewind_params=init_params if cfg.imp_rewind else None, ensemble=True)
+            rewind_params=(None if not cfg.imp_rewind else pre.kept_params
+                           if cfg.imp_rewind_epoch else init_params), ensemble=True)
         pruned = dataclasses.replace(results_by_round[cfg.imp_rounds - 1], last=None)
     else:
         masks = pruning.make_masks(cfg.pruning, pre.params, cfg.sparsity, ensemble=True)

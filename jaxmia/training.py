@@ -608,6 +608,9 @@ class FitResult:
     # Every model's state after its last epoch (params, optimizer and adversary states), for
     # a later fit to continue from (``fit(..., start=)``); only with ``fit(return_last=True)``.
     last: TrainState | None = None
+    # Every model's params after ``keep_epoch`` epochs (late rewinding's target); only with
+    # ``fit(keep_epoch=)``.
+    kept_params: Params | None = None
 
 
 class Checkpointer:
@@ -681,7 +684,8 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         metrics_path: str | None = None, stage: str = "train",
         stop_after: int | None = None, mesh=None, defense: Defense | None = None,
         defended: np.ndarray | None = None, schedule: Schedule | None = None,
-        start: TrainState | None = None, return_last: bool = False) -> FitResult:
+        start: TrainState | None = None, return_last: bool = False,
+        keep_epoch: int | None = None) -> FitResult:
     """Trains an ensemble (leading model axis on params, model_state, masks and keys).
 
     Args:
@@ -711,12 +715,19 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
       return_last: also return every model's state after its last epoch (``FitResult.last``,
         what ``start`` takes); off by default, as it holds a second copy of the params and the
         optimizer state.
+      keep_epoch: also return every model's params after this many epochs
+        (``FitResult.kept_params``, what IMP's late rewinding resets to); checkpointed with the
+        fit, so a resumed fit returns the same. A model stopped early keeps its last params,
+        which no later epoch would have changed.
 
     Returns:
       FitResult with each model's best-on-dev params (``cfg.keep='best'``) or final params.
     """
     if cfg.keep not in ("best", "last"):
         raise UserError(f"unknown keep='{cfg.keep}'; choose best or last")
+    if keep_epoch is not None and not 1 <= keep_epoch <= cfg.epochs:
+        raise UserError(f"the params to keep must be those after one of the fit's epochs (1 to "
+                        f"{cfg.epochs}), got epoch {keep_epoch}")
     masked = pruning.masked_paths(masks)  # static: the step multiplies only these by masks
     if defended is not None:
         if defense is None:
@@ -787,11 +798,14 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
         data = dataclasses.replace(data, **dict(zip(
             ("train_idx", "train_n", "dev_idx", "dev_n"), sharding.shard_models(
                 (data.train_idx, data.train_n, data.dev_idx, data.dev_n), mesh))))
+    # Until epoch ``keep_epoch`` is done, the params to keep are the current ones.
+    kept = states.params if keep_epoch is not None else None
     ckpt = Checkpointer(checkpoint_dir, cfg.checkpoint_every)
     start = 0
-    restored = ckpt.restore(_snapshot(states, es, 0))
+    restored = ckpt.restore(_snapshot(states, es, 0, kept))
     if restored is not None:
         states, es, start = restored["states"], restored["es"], int(restored["epoch"])
+        kept = restored.get("kept")
 
     bar = tqdm(range(start, cfg.epochs), desc=stage, file=sys.stderr, leave=False,
                initial=start, total=cfg.epochs)
@@ -807,6 +821,8 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
                                          epoch_keys, epoch, num_models, mesh)
         dev_acc, es = evaluate(states, es, epoch, data)
         epochs_run = epoch + 1
+        if epochs_run == keep_epoch:
+            kept = states.params
         real = slice(0, num_models)  # without the padding models of a mesh
         m, host_acc, done = sharding.to_host((m, dev_acc, es.done))
         n = np.maximum(m["n"][real], 1)
@@ -819,27 +835,31 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(line) + "\n")
         bar.set_postfix(dev_acc=f"{float(np.mean(line['dev/acc'])):.3f}")
-        ckpt.save(epochs_run, _snapshot(states, es, epochs_run))
+        ckpt.save(epochs_run, _snapshot(states, es, epochs_run, kept))
         if stop_after is not None and epochs_run - start >= stop_after:
             ckpt.close()
             raise KeyboardInterrupt(f"stopped after epoch {epoch} (stop_after={stop_after})")
-    ckpt.save(epochs_run, _snapshot(states, es, epochs_run), force=True)
+    if keep_epoch is not None and epochs_run < keep_epoch:
+        kept = states.params  # every model stopped early: later epochs would not change them
+    ckpt.save(epochs_run, _snapshot(states, es, epochs_run, kept), force=True)
     ckpt.close()
     bar.close()
-    states, es, masks = sharding.unpad((states, es, masks), num_models)
+    states, es, masks, kept = sharding.unpad((states, es, masks, kept), num_models)
     if jax.process_count() > 1:  # multi-host: every process gets every model
-        states, es, masks = jax.tree.map(jnp.asarray, sharding.to_host((states, es, masks)))
+        states, es, masks, kept = jax.tree.map(jnp.asarray,
+                                               sharding.to_host((states, es, masks, kept)))
     if cfg.keep == "last":
         return FitResult(params=states.params, model_state=states.model_state, masks=masks,
                          best_epoch=np.full(num_models, epochs_run - 1),
                          best_dev_acc=np.asarray(es.best_acc), epochs_run=epochs_run,
-                         steps=np.asarray(states.step), last=states if return_last else None)
+                         steps=np.asarray(states.step), last=states if return_last else None,
+                         kept_params=kept)
     # With DP, the best-on-dev choice looks at the whole trajectory, so ``steps`` (all steps
     # taken, not those up to the best epoch) is what the privacy accounting must count.
     return FitResult(params=es.best_params, model_state=es.best_model_state, masks=masks,
                      best_epoch=np.asarray(es.best_epoch), best_dev_acc=np.asarray(es.best_acc),
                      epochs_run=epochs_run, steps=np.asarray(states.step),
-                     last=states if return_last else None)
+                     last=states if return_last else None, kept_params=kept)
 
 
 def _scheduled_epoch(schedule: Schedule, epoch_fns, states: TrainState, es, data: EnsembleData,
@@ -890,9 +910,11 @@ def _adversary_init(model: Model, defense: Defense | None, params, model_state,
                    static_argnums=1)(init_keys, int(logits.shape[-1]))
 
 
-def _snapshot(states: TrainState, es: EarlyStopState, epochs_done: int) -> dict:
-    """What a checkpoint holds: everything the next epoch depends on (keys derive from it)."""
-    return {"states": states, "es": es, "epoch": np.asarray(epochs_done, np.int32)}
+def _snapshot(states: TrainState, es: EarlyStopState, epochs_done: int, kept=None) -> dict:
+    """What a checkpoint holds: everything the next epoch depends on (keys derive from it),
+    and ``fit(keep_epoch=)``'s params."""
+    snap = {"states": states, "es": es, "epoch": np.asarray(epochs_done, np.int32)}
+    return snap if kept is None else {**snap, "kept": kept}
 
 
 def _rounded(values) -> list[float]:

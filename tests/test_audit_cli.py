@@ -114,6 +114,11 @@ def test_audit_on_digits_end_to_end(tmp_path):
      "--physical_batch must be >= 1, got 0"),
     (["--imp_continue"], "--imp_continue sets the rounds of --pruning=imp"),
     (["--pruning=imp", "--imp_continue", "--imp_rewind"], "--imp_rewind resets them"),
+    (["--imp_rewind_epoch=2"], "--imp_rewind_epoch sets where --imp_rewind goes back to"),
+    (["--pruning=imp", "--imp_rewind", "--epochs=3", "--imp_rewind_epoch=4"],
+     "--imp_rewind_epoch must be in [0, --epochs=3]"),
+    (["--pruning=imp", "--imp_rewind", "--imp_rewind_epoch=-1"],
+     "--imp_rewind_epoch must be in [0, --epochs=50]"),
     (["--adv_target_steps=one_per_epoch"], "--adv_target_steps sets --defense=adv"),
     (["--defense=adv", "--adv_target_steps=daily"], "unknown --adv_target_steps 'daily'"),
     (["--defense=dp", "--noise_multiplier=1", "--nodefense_shadows"],
@@ -322,11 +327,15 @@ def test_relaxloss_trains_target_and_shadows_from_scratch(tmp_path, undefended):
     assert all(a > b for a, b in zip(relax, _first_loss(undefended, "pretrain")))
 
 
-def test_imp_rounds_fresh_or_continued(tmp_path):
+def test_imp_rounds_fresh_continued_or_rewound(tmp_path):
     # Two IMP rounds to 0.7; with --imp_continue the second round starts from the first one's
-    # last epoch and optimizer, so the first round is the same and the second is not.
+    # last epoch and optimizer, so the first round is the same and the second is not. Rewinding
+    # to the initialization or to pretraining epoch 1 starts even the first round elsewhere,
+    # and keeping epoch 1's weights leaves the pretraining as it was.
     runs = {}
-    for name, extra in (("fresh", []), ("continued", ["--imp_continue"])):
+    for name, extra in (("fresh", []), ("continued", ["--imp_continue"]),
+                        ("rewound", ["--imp_rewind"]),
+                        ("rewound1", ["--imp_rewind", "--imp_rewind_epoch=1"])):
         work = tmp_path / name
         r = _run(f"--workdir={work}", "--epochs=2", "--finetune_epochs=2", "--num_shadows=2",
                  "--attacks=loss", "--pruning=imp", "--imp_rounds=2", "--patience=5", *extra)
@@ -341,6 +350,11 @@ def test_imp_rounds_fresh_or_continued(tmp_path):
                                                                      "imp_round0")
     assert _stage_lines(runs["fresh"], "imp_round1") != _stage_lines(runs["continued"],
                                                                      "imp_round1")
+    assert json.loads((runs["rewound1"] / "config.json").read_text())["config"][
+        "imp_rewind_epoch"] == 1
+    assert _stage_lines(runs["rewound1"], "pretrain") == _stage_lines(runs["fresh"], "pretrain")
+    first = [_stage_lines(runs[name], "imp_round0") for name in ("fresh", "rewound", "rewound1")]
+    assert first[0] != first[1] != first[2] != first[0]
 
 
 def test_attack_stages_pruned_attacks_only_the_pruned_target(tmp_path):

@@ -355,3 +355,43 @@ def test_a_fit_continues_from_anothers_last_state_with_its_optimizer():
     with pytest.raises(UserError, match="holds another optimizer state"):
         training.fit(model, pruned, state, masks, ens,
                      dataclasses.replace(cfg, optimizer="sgd"), keys2, start=first.last)
+
+
+def test_a_fit_keeps_the_params_of_an_epoch_through_a_kill(tmp_path):
+    # IMP's late rewinding: the params after epoch 2 of a 5-epoch fit are those a 2-epoch fit
+    # ends with; a fit killed before or after that epoch and resumed keeps the same.
+    import dataclasses
+
+    model, params, state, x, y, train, dev, keys = _setup(num_models=2)
+    ens = training.make_ensemble_data(x, y, train[:2], dev[:2])
+    cfg = training.TrainConfig(epochs=5, batch_size=32, patience=None)
+    ones = pruning.ones_like(params)
+    full = training.fit(model, params, state, ones, ens, cfg, keys, keep_epoch=2,
+                        return_last=True)
+    two = training.fit(model, params, state, ones, ens,
+                       dataclasses.replace(cfg, epochs=2, keep="last"), keys)
+    chex.assert_trees_all_equal(full.kept_params, two.params)
+    assert not np.allclose(full.kept_params["Dense_0"]["kernel"],
+                           full.last.params["Dense_0"]["kernel"])
+    assert training.fit(model, params, state, ones, ens, cfg, keys).kept_params is None
+    for stop in (1, 3):
+        ckpt = str(tmp_path / f"ckpt{stop}")
+        with pytest.raises(KeyboardInterrupt):
+            training.fit(model, params, state, ones, ens, cfg, keys, checkpoint_dir=ckpt,
+                         stop_after=stop, keep_epoch=2)
+        resumed = training.fit(model, params, state, ones, ens, cfg, keys, checkpoint_dir=ckpt,
+                               keep_epoch=2)
+        chex.assert_trees_all_equal(full.kept_params, resumed.kept_params)
+    with pytest.raises(UserError, match="after one of the fit's epochs"):
+        training.fit(model, params, state, ones, ens, cfg, keys, keep_epoch=6)
+
+
+def test_a_model_stopped_before_the_kept_epoch_keeps_its_last_params():
+    model, params, state, x, y, train, dev, keys = _setup(num_models=1)
+    ens = training.make_ensemble_data(x, y, train[:1], dev[:1])
+    cfg = training.TrainConfig(epochs=40, batch_size=32, patience=1, lr=1e-3)
+    res = training.fit(model, params, state, pruning.ones_like(params), ens, cfg, keys,
+                       keep_epoch=40, return_last=True)
+    assert res.epochs_run < 40  # early stopping ended the fit (as in the test above)
+    chex.assert_trees_all_equal(res.kept_params, res.last.params)
+    assert not np.allclose(res.kept_params["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
