@@ -793,6 +793,11 @@ def run(cfg: AuditConfig) -> dict:
                 "devices": jax.device_count(),
                 "processes": jax.process_count()},
     }
+    if cfg.pruning == "imp":
+        out["imp"] = {"rounds": cfg.imp_rounds, "method": cfg.imp_method,
+                      "rounds_start_from": ("rewind" if cfg.imp_rewind else "last_epoch"
+                                            if cfg.imp_continue else "best_model"),
+                      "rewind_epoch": cfg.imp_rewind_epoch if cfg.imp_rewind else None}
     if privacy is not None:
         out["dp"] = _privacy_report(cfg, privacy, pre, finetunes)
     if defense is not None or cfg.defense in wemem.KINDS:
@@ -912,8 +917,13 @@ def format_table(results: dict) -> str:
     attacked = [s for s in ATTACK_STAGES if s in results["attacks"]]
     acc = "   ".join(f"{s}: train {results['accuracy'][s]['target_train_acc']:.4f} test "
                      f"{results['accuracy'][s]['target_test_acc']:.4f}" for s in attacked)
+    imp = results.get("imp")
+    rounds = "" if imp is None else f", {imp['rounds']} rounds" + (
+        f" rewound to epoch {imp['rewind_epoch']}" if imp["rewind_epoch"] is not None else
+        " continued" if imp["rounds_start_from"] == "last_epoch" else "")
     lines = [f"{results['dataset']} / {results['model']} / {results['pruning']} "
-             f"@ {results['sparsity']} (achieved {results['achieved_sparsity']['target_overall']:.3f})",
+             f"@ {results['sparsity']}{rounds} "
+             f"(achieved {results['achieved_sparsity']['target_overall']:.3f})",
              f"target accuracy  {acc}", "",
              f"{'attack':<18}" + "".join(f"{'bal.acc (' + s + ')':>20}{'AUC':>8}" for s in attacked)
              + (f"{'TPR@1%FPR pruned':>18}" if "pruned" in attacked else "")]

@@ -344,6 +344,13 @@ def test_imp_rounds_fresh_continued_or_rewound(tmp_path):
         assert abs(res["achieved_sparsity"]["target_overall"] - 0.7) < 0.01
         assert json.loads((work / "config.json").read_text())["config"]["imp_continue"] == (
             name == "continued")
+        assert res["imp"] == {"rounds": 2, "method": "l1_unstructured",
+                              "rounds_start_from": {"fresh": "best_model",
+                                                    "continued": "last_epoch"}.get(name, "rewind"),
+                              "rewind_epoch": {"rewound": 0, "rewound1": 1}.get(name)}
+        how = {"continued": " continued", "rewound": " rewound to epoch 0",
+               "rewound1": " rewound to epoch 1"}.get(name, "")
+        assert f"@ 0.7, 2 rounds{how} (achieved" in r.stdout
         runs[name] = work
     assert len(_stage_lines(runs["fresh"], "imp_round1")) == 2
     assert _stage_lines(runs["fresh"], "imp_round0") == _stage_lines(runs["continued"],
