@@ -190,8 +190,8 @@ def main(argv):
                     defense += "_nonadaptive"
             imp = ""  # IMP's rounds, when they differ from the default's
             if r.pruning == "imp":
-                imp = (f"_rewind{r.imp_rewind_epoch}" if r.imp_rewind else
-                       "_continue" if r.imp_continue else "")
+                imp = {"rewind": f"_rewind{r.imp_rewind_epoch}", "last_epoch": "_continue",
+                       "best_model": ""}[audit_lib.imp_start(r)]
             cfg = dataclasses.replace(cfg, workdir=f"workdir/{r.dataset}_{r.model}_{r.pruning}"
                                                    f"{r.sparsity}{imp}{defense}_s{r.seed}")
         results = audit_lib.run(cfg)

@@ -160,6 +160,12 @@ class AuditConfig:
         return d
 
 
+def imp_start(cfg: AuditConfig) -> str:
+    """Where each IMP round starts: ``rewind`` (``--imp_rewind``), ``last_epoch``
+    (``--imp_continue``) or ``best_model`` (the previous round's best, the default)."""
+    return "rewind" if cfg.imp_rewind else "last_epoch" if cfg.imp_continue else "best_model"
+
+
 def validate(cfg: AuditConfig) -> AuditConfig:
     """Checks every setting before anything is read or written; returns the resolved config."""
     data.check_name(cfg.dataset)
@@ -664,7 +670,8 @@ def run(cfg: AuditConfig) -> dict:
                        checkpoint_dir=os.path.join(ckpt, "pretrain"), metrics_path=metrics_path,
                        stage="pretrain", mesh=mesh, defense=pre_defense,
                        defended=_defended(cfg, num_models, pre_defense), schedule=pre_schedule,
-                       keep_epoch=cfg.imp_rewind_epoch or None)
+                       keep_epoch=(cfg.imp_rewind_epoch if cfg.pruning == "imp"
+                                   and cfg.imp_rewind else None))
     timing["pretrain"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -706,8 +713,7 @@ def run(cfg: AuditConfig) -> dict:
 
         _, masks = pruning.iterative_magnitude(
             pre.params, cfg.sparsity, cfg.imp_rounds, retrain, method=cfg.imp_method,
-            rewind_params=(None if not cfg.imp_rewind else pre.kept_params
-                           if cfg.imp_rewind_epoch else init_params), ensemble=True)
+            rewind_params=pre.kept_params, ensemble=True)  # None: no rewinding
         pruned = dataclasses.replace(results_by_round[cfg.imp_rounds - 1], last=None)
     else:
         masks = pruning.make_masks(cfg.pruning, pre.params, cfg.sparsity, ensemble=True)
@@ -795,8 +801,7 @@ def run(cfg: AuditConfig) -> dict:
     }
     if cfg.pruning == "imp":
         out["imp"] = {"rounds": cfg.imp_rounds, "method": cfg.imp_method,
-                      "rounds_start_from": ("rewind" if cfg.imp_rewind else "last_epoch"
-                                            if cfg.imp_continue else "best_model"),
+                      "rounds_start_from": imp_start(cfg),
                       "rewind_epoch": cfg.imp_rewind_epoch if cfg.imp_rewind else None}
     if privacy is not None:
         out["dp"] = _privacy_report(cfg, privacy, pre, finetunes)

@@ -715,8 +715,8 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
       return_last: also return every model's state after its last epoch (``FitResult.last``,
         what ``start`` takes); off by default, as it holds a second copy of the params and the
         optimizer state.
-      keep_epoch: also return every model's params after this many epochs
-        (``FitResult.kept_params``, what IMP's late rewinding resets to); checkpointed with the
+      keep_epoch: also return every model's params after this many epochs, 0 for the params
+        given (``FitResult.kept_params``, what IMP's rewinding resets to); checkpointed with the
         fit, so a resumed fit returns the same. A model stopped early keeps its last params,
         which no later epoch would have changed.
 
@@ -725,9 +725,9 @@ def fit(model: Model, params: Params, model_state: ModelState, masks: Masks,
     """
     if cfg.keep not in ("best", "last"):
         raise UserError(f"unknown keep='{cfg.keep}'; choose best or last")
-    if keep_epoch is not None and not 1 <= keep_epoch <= cfg.epochs:
-        raise UserError(f"the params to keep must be those after one of the fit's epochs (1 to "
-                        f"{cfg.epochs}), got epoch {keep_epoch}")
+    if keep_epoch is not None and not 0 <= keep_epoch <= cfg.epochs:
+        raise UserError(f"the params to keep must be those after one of the fit's epochs (0, "
+                        f"the start, to {cfg.epochs}), got epoch {keep_epoch}")
     masked = pruning.masked_paths(masks)  # static: the step multiplies only these by masks
     if defended is not None:
         if defense is None:
