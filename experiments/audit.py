@@ -34,9 +34,10 @@ from jaxmia.errors import UserError
 
 D = audit_lib.AuditConfig()
 flags.DEFINE_string("dataset", D.dataset, "digits | location | purchase100 | texas100 | cifar10 | "
-                    "fashion_mnist | cifar100 | svhn | chmnist")
+                    "fashion_mnist | cifar100 | svhn | chmnist | sst2 | cola | mrpc | rte")
 flags.DEFINE_string("model", None, "mlp | small_cnn | resnet18 | resnet20 | vgg16 | densenet121 "
-                    "(default: mlp for tabular data and digits, resnet18 for images)")
+                    "| minilm | minilm_2l | bert_tiny (default: mlp for tabular data and digits, "
+                    "minilm (pretrained all-MiniLM-L6-v2) for text, resnet18 for images)")
 flags.DEFINE_string("norm", None, "batch | group | none (default: the architecture's own)")
 flags.DEFINE_string("pruning", D.pruning, " | ".join(audit_lib.PRUNING_CHOICES))
 flags.DEFINE_float("sparsity", D.sparsity, "fraction of weights (or filters / BN channels) "
@@ -44,16 +45,20 @@ flags.DEFINE_float("sparsity", D.sparsity, "fraction of weights (or filters / BN
 flags.DEFINE_integer("num_shadows", D.num_shadows, "number of shadow models")
 flags.DEFINE_integer("num_models", None, "models trained together: the target and "
                      "num_models - 1 shadows (another way to say --num_shadows)")
-flags.DEFINE_integer("epochs", None, "max training epochs (default: 50 tabular/digits, 100 images)")
+flags.DEFINE_integer("epochs", None, "max training epochs (default: 50 tabular/digits, 100 "
+                     "images, 5 text)")
 flags.DEFINE_integer("finetune_epochs", None, "max fine-tuning epochs after pruning "
                      "(default: epochs // 2)")
-flags.DEFINE_integer("batch_size", D.batch_size, "batch size")
-flags.DEFINE_float("lr", D.lr, "Adam learning rate")
+flags.DEFINE_integer("batch_size", None, "batch size (default: 128; 32 on text)")
+flags.DEFINE_float("lr", None, "learning rate (default: 1e-3; 5e-5 for the pretrained "
+                   "minilm and minilm_2l)")
 flags.DEFINE_float("weight_decay", D.weight_decay, "L2 weight decay (PyTorch Adam style)")
 flags.DEFINE_integer("patience", D.patience, "early stopping: stop after more than this many "
                      "epochs without dev-accuracy gain")
 flags.DEFINE_integer("seed", D.seed, "seed of the splits (mia_prune's random_state) and of "
                      "all random draws")
+flags.DEFINE_integer("pool_size", None, "rows drawn (by --seed) from the dataset's pool "
+                     "before it is split (default: all; e.g. a CPU-sized share of SST-2)")
 flags.DEFINE_integer("imp_rounds", D.imp_rounds, "--pruning=imp: prune-and-retrain rounds")
 flags.DEFINE_string("imp_method", D.imp_method, "--pruning=imp: criterion of each round")
 flags.DEFINE_bool("imp_rewind", D.imp_rewind, "--pruning=imp: rewind survivors to their "
@@ -192,8 +197,9 @@ def main(argv):
             if r.pruning == "imp":
                 imp = {"rewind": f"_rewind{r.imp_rewind_epoch}", "last_epoch": "_continue",
                        "best_model": ""}[audit_lib.imp_start(r)]
-            cfg = dataclasses.replace(cfg, workdir=f"workdir/{r.dataset}_{r.model}_{r.pruning}"
-                                                   f"{r.sparsity}{imp}{defense}_s{r.seed}")
+            pool = "" if r.pool_size is None else f"{r.pool_size}"
+            cfg = dataclasses.replace(cfg, workdir=f"workdir/{r.dataset}{pool}_{r.model}_"
+                                                   f"{r.pruning}{r.sparsity}{imp}{defense}_s{r.seed}")
         results = audit_lib.run(cfg)
         return audit_lib.format_table(results), f"{cfg.workdir}/results.json"
 

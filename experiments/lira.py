@@ -20,8 +20,9 @@ from jaxmia import reference_audit as lib
 
 D = lib.StudyConfig()
 flags.DEFINE_string("dataset", D.dataset, "location | purchase100 | texas100 | digits | cifar10 "
-                    "| fashion_mnist | ...")
-flags.DEFINE_string("model", None, "default: mlp for tabular data and digits, resnet18 otherwise")
+                    "| fashion_mnist | sst2 | cola | mrpc | rte | ...")
+flags.DEFINE_string("model", None, "default: mlp for tabular data and digits, minilm for text, "
+                    "resnet18 otherwise")
 flags.DEFINE_string("norm", None, "batch | group | none")
 flags.DEFINE_integer("num_models", D.num_models, "models of the membership matrix (>= 4)")
 flags.DEFINE_float("population_fraction", D.population_fraction, "fraction of rows no model "
@@ -29,7 +30,10 @@ flags.DEFINE_float("population_fraction", D.population_fraction, "fraction of ro
                    "memorization score for every row (what --defense=rsw|rmr|swmr needs)")
 flags.DEFINE_integer("epochs", D.epochs, "training epochs (no early stopping)")
 flags.DEFINE_integer("batch_size", D.batch_size, "batch size")
-flags.DEFINE_float("lr", D.lr, "Adam learning rate")
+flags.DEFINE_float("lr", None, "Adam learning rate (default: 1e-3; 5e-5 for the pretrained "
+                   "minilm and minilm_2l)")
+flags.DEFINE_integer("pool_size", None, "rows drawn (by --seed) from the dataset's pool first "
+                     "(default: all)")
 flags.DEFINE_float("weight_decay", D.weight_decay, "L2 weight decay")
 flags.DEFINE_string("pruning", D.pruning, "none, or a one-shot pruning method (l1_unstructured, "
                     "...)")

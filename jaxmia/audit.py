@@ -51,13 +51,16 @@ class AuditConfig:
     pruning: str = "l1_unstructured"
     sparsity: float = 0.7
     num_shadows: int = 5
-    epochs: int | None = None  # None: 50 for tabular data and digits, 100 for images.
+    # None: 50 for tabular data and digits, 100 for images, 5 for text (fine-tuning a BERT).
+    epochs: int | None = None
     finetune_epochs: int | None = None  # None: epochs // 2.
-    batch_size: int = 128
-    lr: float = 1e-3
+    batch_size: int | None = None  # None: 128 (the papers'); 32 on text (BERT fine-tuning)
+    lr: float | None = None  # None: models.default_lr (1e-3; 5e-5 for the pretrained BERTs)
     weight_decay: float = 5e-4
     patience: int = 5
     seed: int = 7
+    # Rows drawn (with the seed) from the dataset's pool before it is split; None: all of them.
+    pool_size: int | None = None
     imp_rounds: int = 3
     imp_method: str = "l1_unstructured"
     imp_rewind: bool = False
@@ -72,7 +75,9 @@ class AuditConfig:
     attacks: tuple[str, ...] = ("all",)  # names, or the sets 'all', 'paper', 'threshold'
     # Which targets are attacked: the pruning paper's code attacks only the pruned one.
     attack_stages: tuple[str, ...] = ("unpruned", "pruned")
-    sensitivity_samples: int = 10  # m of the sensitivity feature; 0 skips it (and SAMIA)
+    # m of the sensitivity feature; 0 skips it (and SAMIA); text data has none (token ids are
+    # not perturbed by Gaussian noise), so it resolves to 0 there.
+    sensitivity_samples: int = 10
     sensitivity_epsilon: float = 1e-3
     sensitivity_noise: str = "auto"  # features.NOISE; auto: projected for the MLP, else fast
     label_only_examples: int = 500  # per split and model, for the label-only attacks
@@ -127,7 +132,11 @@ class AuditConfig:
     def resolved(self) -> AuditConfig:
         model = self.model or data.default_model(self.dataset)
         epochs = self.epochs if self.epochs is not None else (
-            50 if data.is_small(self.dataset) else 100)
+            50 if data.is_small(self.dataset) else 5 if data.is_text(self.dataset) else 100)
+        lr = self.lr if self.lr is not None else models.default_lr(model)
+        batch = self.batch_size if self.batch_size is not None else (
+            32 if data.is_text(self.dataset) else 128)
+        sensitivity = 0 if data.is_text(self.dataset) else self.sensitivity_samples
         finetune = self.finetune_epochs if self.finetune_epochs is not None else epochs // 2
         strength, stages = self.defense_strength, self.defense_stages
         order = self.wemem_order
@@ -139,6 +148,7 @@ class AuditConfig:
             if self.defense != "rmr":
                 order = wemem.DEFAULT_ORDER[self.defense] if order is None else order
         return dataclasses.replace(self, model=model, epochs=epochs, finetune_epochs=finetune,
+                                   lr=lr, batch_size=batch, sensitivity_samples=sensitivity,
                                    defense_strength=strength, defense_stages=stages,
                                    wemem_order=order)
 
@@ -172,8 +182,15 @@ def validate(cfg: AuditConfig) -> AuditConfig:
     data.check_seed(cfg.seed)
     cfg = cfg.resolved()
     models.check_name(cfg.model)
+    models.check_data(cfg.model, cfg.dataset, data.is_text(cfg.dataset))
+    if cfg.pool_size is not None and cfg.pool_size < 40:
+        raise UserError(f"--pool_size must be >= 40 rows (every model's train, dev and test "
+                        f"splits need some), got {cfg.pool_size}")
     if cfg.norm is not None:
         models.layers.check_norm(cfg.norm)
+        if cfg.model in models.TEXT_ONLY:
+            raise UserError(f"model '{cfg.model}' has BERT's LayerNorms and takes no --norm; "
+                            "drop it")
     if cfg.pruning not in PRUNING_CHOICES:
         raise UserError(f"unknown pruning method '{cfg.pruning}'; choose one of "
                         f"{', '.join(PRUNING_CHOICES)}")
@@ -252,6 +269,9 @@ def _validate_defense(cfg: AuditConfig) -> None:
     if cfg.defense_strength is not None and cfg.defense not in defenses.REGISTRY:
         raise UserError(f"--defense_strength sets a loss-term defense "
                         f"({', '.join(defenses.REGISTRY)}), not --defense={cfg.defense}")
+    if cfg.defense in wemem.KINDS and cfg.pool_size is not None:
+        raise UserError(f"--defense={cfg.defense} ranks the rows experiments/lira.py scored over "
+                        "the whole pool; drop --pool_size")
     trained = tuple(defenses.REGISTRY) + wemem.KINDS
     if cfg.defense_stages is not None and cfg.defense not in trained:
         raise UserError(f"--defense_stages sets a loss-term defense or a WeMem schedule "
@@ -402,27 +422,31 @@ def _dp_config(cfg: AuditConfig, noise_multiplier: float) -> dp.DPConfig:
                        noise_rng=cfg.dp_noise_rng)
 
 
-def is_image(dataset: str) -> bool:
-    return dataset not in data.TABULAR
-
-
 def expand_attacks(cfg: AuditConfig) -> tuple[str, ...]:
-    """Attack names with the sets ('all', 'paper', 'threshold') expanded; 'all' leaves out the
-    label-only attacks on tabular data, where they are not defined."""
+    """Attack names with the sets ('all', 'paper', 'threshold') expanded. The sets leave out
+    what the data does not define: 'all' the label-only attacks (image augmentations) on tabular
+    and text data, and every set the sensitivity attacks on text (token ids take no Gaussian
+    perturbation)."""
+    text = data.is_text(cfg.dataset)
     out = []
     for name in cfg.attacks:
         if name in attacks.SETS:
             out += [a for a in attacks.SETS[name]
-                    if name != "all" or is_image(cfg.dataset) or a not in attacks.LABEL_ONLY]
+                    if (name != "all" or data.is_image(cfg.dataset) or a not in attacks.LABEL_ONLY)
+                    and not (text and a in attacks.NEEDS_SENSITIVITY)]
         elif name in attacks.REGISTRY:
             out.append(name)
         else:
             raise UserError(f"unknown attack '{name}'; choose from {', '.join(attacks.SETS)}, "
                             f"{', '.join(attacks.REGISTRY)}")
     label_only = [a for a in out if a in attacks.LABEL_ONLY]
-    if label_only and not is_image(cfg.dataset):
+    if label_only and not data.is_image(cfg.dataset):
         raise UserError(f"label-only attack(s) {', '.join(label_only)} need an image dataset; "
-                        f"{cfg.dataset} is tabular")
+                        f"{cfg.dataset} is {'text' if text else 'tabular'}")
+    sensitive = [a for a in out if a in attacks.NEEDS_SENSITIVITY]
+    if sensitive and text:
+        raise UserError(f"attack(s) {', '.join(sensitive)} need the sensitivity feature, which "
+                        f"text data does not have (token ids take no Gaussian noise); drop them")
     return tuple(dict.fromkeys(out))
 
 
@@ -609,7 +633,7 @@ def run(cfg: AuditConfig) -> dict:
     check_workdir(cfg)
     timing = {}
     t0 = time.perf_counter()
-    ds = data.load(cfg.dataset, cfg.data_dir)
+    ds = data.subsample(data.load(cfg.dataset, cfg.data_dir), cfg.pool_size, cfg.seed)
     model = models.make(cfg.model, ds.num_classes, ds.input_shape, norm=cfg.norm)
     if cfg.pruning == "slim" and not model.has_batchnorm:
         raise UserError(f"network slimming needs BatchNorm, and {cfg.model} with norm "

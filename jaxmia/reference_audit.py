@@ -48,8 +48,10 @@ class StudyConfig:
     population_fraction: float = 0.1
     epochs: int = 30
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float | None = None  # None: models.default_lr (1e-3; 5e-5 for the pretrained BERTs)
     weight_decay: float = 5e-4
+    # Rows drawn (with the seed) from the dataset's pool first; None: all of them.
+    pool_size: int | None = None
     pruning: str = "none"
     sparsity: float = 0.7
     finetune_epochs: int = 15
@@ -70,8 +72,14 @@ class StudyConfig:
 def validate(cfg: StudyConfig) -> StudyConfig:
     data.check_name(cfg.dataset)
     data.check_seed(cfg.seed)
-    cfg = dataclasses.replace(cfg, model=cfg.model or data.default_model(cfg.dataset))
+    model = cfg.model or data.default_model(cfg.dataset)
+    cfg = dataclasses.replace(cfg, model=model,
+                              lr=cfg.lr if cfg.lr is not None else models.default_lr(model))
     models.check_name(cfg.model)
+    models.check_data(cfg.model, cfg.dataset, data.is_text(cfg.dataset))
+    if cfg.pool_size is not None and cfg.pool_size < 2 * cfg.num_models:
+        raise UserError(f"--pool_size must be >= 2 x --num_models = {2 * cfg.num_models} (each "
+                        f"model trains on half the rows), got {cfg.pool_size}")
     if cfg.num_models < 4:
         raise UserError(f"--num_models must be >= 4 (targets need in- and out-references), "
                         f"got {cfg.num_models}")
@@ -80,6 +88,9 @@ def validate(cfg: StudyConfig) -> StudyConfig:
                         f"{cfg.population_fraction}")
     if cfg.norm is not None:
         models.layers.check_norm(cfg.norm)
+        if cfg.model in models.TEXT_ONLY:
+            raise UserError(f"model '{cfg.model}' has BERT's LayerNorms and takes no --norm; "
+                            "drop it")
     for name in ("epochs", "batch_size", "checkpoint_every"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")
@@ -141,7 +152,7 @@ def _augmented_logits(model, res, x, idx, views, mesh):
 def run(cfg: StudyConfig) -> dict:
     cfg = validate(cfg)
     t0 = time.perf_counter()
-    ds = data.load(cfg.dataset, cfg.data_dir)
+    ds = data.subsample(data.load(cfg.dataset, cfg.data_dir), cfg.pool_size, cfg.seed)
     model = models.make(cfg.model, ds.num_classes, ds.input_shape, norm=cfg.norm)
     root = jax.random.key(cfg.seed)
     split_key, member_key, init_key, train_key, ft_key = jax.random.split(root, 5)

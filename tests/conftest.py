@@ -21,3 +21,17 @@ def require_shared(relpath: str) -> str:
 @pytest.fixture
 def shared_data_dir():
     return SHARED_DATA
+
+
+def require_minilm() -> str:
+    """all-MiniLM-L6-v2's folder (scripts/setup.sh installs it); skips locally if absent, fails
+    under CI."""
+    from jaxmia import pretrained
+    from jaxmia.errors import UserError
+
+    try:
+        return pretrained.minilm_dir()
+    except UserError as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the pretrained text model: {e}")
+        pytest.skip(str(e))

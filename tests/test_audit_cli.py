@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from jaxmia import attacks, io
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_minilm
+from tests.toys import write_toy_sst2
 
 SCRIPT = os.path.join(ROOT, "experiments", "audit.py")
 FAST = ["--epochs=3", "--num_shadows=2", "--patience=5", "--attack_epochs=2",
@@ -136,6 +137,16 @@ def test_audit_on_digits_end_to_end(tmp_path):
      "--defense=swmr with --defense_stages=finetune"),
     (["--wemem_width=5"], "--wemem_width sets WeMem's schedules"),
     (["--attack_stages=final"], "--attack_stages must name one or both of unpruned, pruned"),
+    (["--dataset=sst2", "--model=mlp"], "sst2 is text (token ids); model 'mlp' cannot read it"),
+    (["--dataset=location", "--model=bert_tiny"], "model 'bert_tiny' reads token ids"),
+    (["--dataset=sst2", "--attacks=threshold,samia"], "which text data does not have"),
+    (["--dataset=sst2", "--attacks=label_aug"], "need an image dataset; sst2 is text"),
+    (["--dataset=sst2", "--norm=group"], "model 'minilm' has BERT's LayerNorms and takes no"),
+    (["--dataset=sst2", "--data_dir=/nonexistent"], "sst2: train.tsv not found"),
+    (["--pool_size=10"], "--pool_size must be >= 40 rows"),
+    (["--pool_size=5000"], "--pool_size=5000 exceeds digits's 1797 rows"),
+    (["--defense=rmr", "--memorization_scores=README.md", "--pool_size=100"],
+     "ranks the rows experiments/lira.py scored over the whole pool; drop --pool_size"),
     (["--attack_stages=unpruned", "--shadow_sparsity=0.5"], "add 'pruned' to --attack_stages"),
 ])
 def test_bad_input_one_line_nonzero_nothing_written(tmp_path, args, expect):
@@ -145,6 +156,34 @@ def test_bad_input_one_line_nonzero_nothing_written(tmp_path, args, expect):
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and expect in err[0], r.stderr
     assert not work.exists()
+
+
+def test_audit_on_text_end_to_end(tmp_path):
+    """GLUE-format SST-2 files the test writes (the sentiment is one word), BERT-Tiny: every
+    attack text data defines runs, the sensitivity ones and the label-only ones left out."""
+    require_minilm()
+    data_dir = write_toy_sst2(tmp_path / "data")
+    work = tmp_path / "run"
+    r = _run(f"--workdir={work}", "--dataset=sst2", f"--data_dir={data_dir}",
+             "--model=bert_tiny", "--pool_size=160", "--epochs=12", "--num_shadows=1",
+             "--attack_epochs=2", "--blindmi_reference=40")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((work / "results.json").read_text())
+    assert res["dataset"] == "sst2" and res["model"] == "bert_tiny"
+    expected = [a for a in attacks.ALL
+                if a not in attacks.LABEL_ONLY and a not in attacks.NEEDS_SENSITIVITY]
+    for stage in ("unpruned", "pruned"):
+        assert list(res["attacks"][stage]) == expected
+        assert res["gaps"][stage]["sensitivity_gap"] is None
+    assert res["sensitivity"]["samples"] == 0
+    config = json.loads((work / "config.json").read_text())["config"]
+    assert config["lr"] == 1e-3 and config["batch_size"] == 32 and config["pool_size"] == 160
+    splits = json.loads((work / "splits.json").read_text())
+    rows_used = set(splits["target"]["train"]) | set(splits["target"]["test"]) | set(
+        splits["target"]["dev"]) | {i for s in splits["shadows"] for v in s.values() for i in v}
+    assert max(rows_used) < 160  # indices into the 160-row pool
+    # The one word is easy: the models separate the classes within 12 epochs (by epoch 5 here).
+    assert res["target_test_acc"] > 0.7, res["target_test_acc"]
 
 
 def test_corrupt_data_file_is_one_line(tmp_path):

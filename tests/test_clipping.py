@@ -9,7 +9,8 @@ import pytest
 
 from jaxmia import clipping, models, pruning, training
 from jaxmia.errors import UserError
-from jaxmia.models import cnn, encoder, mlp
+from jaxmia.models import bert, cnn, encoder, mlp
+from jaxmia.models.wrap import from_linen
 
 
 def _ce(logits, y):
@@ -24,6 +25,13 @@ def _fixture(name, batch=5):
     elif name in ("cnn", "cnn_group"):
         model = cnn.make(10, (8, 8, 3), norm="group" if name == "cnn_group" else "none")
         x = jax.random.normal(key, (batch, 8, 8, 3))
+    elif name == "bert":  # the text models' BERT, one narrow block: padding masked out, pairs
+        enc = bert.BertEncoder(vocab_size=110, max_len=8, hidden=16, heads=2, feed_forward=24,
+                               num_layers=1, dropout=0.0)
+        model = from_linen(bert.Bert(3, enc), (8,), "bert")
+        x = jnp.asarray([[101, 7, 7, 102, 0, 0, 0, 0], [101, 9, 102, 7, 8, 102, 0, 0],
+                         [101, 5, 6, 7, 8, 9, 10, 102], [101, 102, 0, 0, 0, 0, 0, 0],
+                         [101, 7, 102, 7, 102, 0, 0, 0]][:batch], jnp.float32)
     else:  # a one-block BERT-shaped encoder: embeddings, attention, LayerNorm
         model = encoder.make(3, 6, vocab_size=9, max_len=6, hidden=16, heads=2, feed_forward=24,
                              dropout=0.0)
@@ -68,7 +76,7 @@ def _loop_oracle(model, params, state, masks, x, y, weight, clip_norm):
     return total, np.asarray(norms)
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn", "encoder"])
+@pytest.mark.parametrize("name", ["mlp", "cnn", "encoder", "bert"])
 @pytest.mark.parametrize("pruned", [False, True])
 def test_vmap_equals_batch_size_one_loop(name, pruned):
     model, params, state, x, y = _fixture(name)
@@ -82,7 +90,7 @@ def test_vmap_equals_batch_size_one_loop(name, pruned):
 
 
 @pytest.mark.parametrize("name,pruned,form", [
-    (name, pruned, "auto") for name in ("mlp", "cnn", "cnn_group", "encoder")
+    (name, pruned, "auto") for name in ("mlp", "cnn", "cnn_group", "encoder", "bert")
     for pruned in (False, True)] + [
     (name, False, form) for name in ("cnn", "encoder") for form in ("gram", "direct")])
 def test_ghost_equals_vmap(name, pruned, form):

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmia import data
+from jaxmia import data, pretrained
 from jaxmia.errors import UserError
-from tests.conftest import require_shared
+from tests.conftest import require_minilm, require_shared
 
 
 def _write_tgz(path, members: dict):
@@ -190,3 +190,82 @@ def test_tfds_sources_with_mock_data(name, classes, shape):
 def test_tfds_not_prepared_is_a_clear_error(tmp_path):
     with pytest.raises(UserError, match="tfds build cifar100"):
         data.load("cifar100", str(tmp_path))
+
+
+# GLUE text tasks: the glue_data layout, tokenized with all-MiniLM-L6-v2's tokenizer.
+
+def _glue(tmp_path, folder, train: str, dev: str):
+    d = tmp_path / "glue" / folder
+    d.mkdir(parents=True)
+    (d / "train.tsv").write_text(train, encoding="utf-8")
+    (d / "dev.tsv").write_text(dev, encoding="utf-8")
+    return str(tmp_path)
+
+
+def test_glue_files_written_by_test(tmp_path):
+    require_minilm()
+    root = _glue(tmp_path, "SST-2", "sentence\tlabel\na fine film \t1\ndull , dull\t0\n",
+                 "sentence\tlabel\nit works \t1\n")
+    ds = data.load("sst2", root)
+    assert ds.x.shape == (3, 64) and ds.num_classes == 2 and ds.x.dtype == np.float32
+    np.testing.assert_array_equal(ds.y, [1, 0, 1])  # train rows, then dev rows
+    tok = pretrained.tokenizer()
+    first = tok("a fine film ")["input_ids"]  # [CLS] a fine film [SEP]
+    np.testing.assert_array_equal(ds.x[0, :len(first)], first)
+    assert (ds.x[0, len(first):] == 0).all() and first[0] == 101 and first[-1] == 102
+    # Pairs (RTE's named labels, MRPC's byte-order mark, CoLA's headerless columns).
+    root = _glue(tmp_path / "r", "RTE", "index\tsentence1\tsentence2\tlabel\n"
+                 "0\tA cat sat.\tA cat.\tentailment\n1\tNo.\tYes.\tnot_entailment\n",
+                 "index\tsentence1\tsentence2\tlabel\n0\tX.\tY.\tnot_entailment\n")
+    rte = data.load("rte", root)
+    assert rte.x.shape == (3, 128)
+    np.testing.assert_array_equal(rte.y, [0, 1, 1])
+    assert ((rte.x == 102).sum(axis=1) == 2).all()  # [CLS] a [SEP] b [SEP]
+    root = _glue(tmp_path / "m", "MRPC", "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+                 "1\t1\t2\tHe said so .\tHe told so .\n",
+                 "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n0\t3\t4\tA .\tB .\n")
+    np.testing.assert_array_equal(data.load("mrpc", root).y, [1, 0])
+    root = _glue(tmp_path / "c", "CoLA", "gj04\t1\t\tThe cat sat.\ngj04\t0\t*\tCat the sat.\n",
+                 "gj04\t1\t\tIt rained.\n")
+    cola = data.load("cola", root)
+    assert cola.x.shape == (3, 48)
+    np.testing.assert_array_equal(cola.y, [1, 0, 1])
+
+
+def test_glue_bad_files_are_one_clear_line(tmp_path):
+    require_minilm()
+    root = _glue(tmp_path, "SST-2", "text\tlabel\nfine\t1\n", "sentence\tlabel\nok\t1\n")
+    with pytest.raises(UserError, match=r"lacks column\(s\) \['sentence'\]"):
+        data.load("sst2", root)
+    root = _glue(tmp_path / "b", "SST-2", "sentence\tlabel\nfine\t7\n", "sentence\tlabel\nok\t1\n")
+    with pytest.raises(UserError, match=r"label\(s\) \['7'\] outside"):
+        data.load("sst2", root)
+    with pytest.raises(UserError, match="dev.tsv not found"):
+        (tmp_path / "b" / "glue" / "SST-2" / "dev.tsv").unlink()
+        data.load("sst2", str(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("task,folder,rows", [("rte", "RTE", 2490 + 277),
+                                              ("mrpc", "MRPC", 3668 + 408),
+                                              ("cola", "CoLA", 8551 + 1043),
+                                              ("sst2", "SST-2", 67349 + 872)])
+def test_glue_real_files(shared_data_dir, task, folder, rows):
+    require_shared(f"glue/{folder}/train.tsv")
+    require_minilm()
+    ds = data.load(task, shared_data_dir)
+    assert len(ds) == rows  # the README's train + dev row counts
+    assert (ds.x[:, 0] == 101).all() and set(np.unique(ds.y)) == {0, 1}
+    assert 0.3 < ds.y.mean() < 0.75
+
+
+def test_subsample_draws_a_seeded_share():
+    ds = data.load("digits")
+    a, b = data.subsample(ds, 500, seed=3), data.subsample(ds, 500, seed=3)
+    np.testing.assert_array_equal(a.x, b.x)
+    assert len(a) == 500 and not np.array_equal(a.x, data.subsample(ds, 500, seed=4).x)
+    # Its rows are rows of the pool.
+    flat = {r.tobytes() for r in ds.x.reshape(len(ds), -1)}
+    assert all(r.tobytes() in flat for r in a.x.reshape(500, -1))
+    assert data.subsample(ds, None, seed=3) is ds
+    with pytest.raises(UserError, match="--pool_size=5000 exceeds digits's 1797 rows"):
+        data.subsample(ds, 5000, seed=0)

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_minilm
+from tests.toys import write_toy_sst2
 
 SCRIPT = os.path.join(ROOT, "experiments", "lira.py")
 
@@ -47,8 +48,29 @@ def test_lira_study_on_digits(tmp_path):
     assert other.returncode == 2 and "holds another study" in other.stderr
 
 
+def test_lira_study_on_text(tmp_path):
+    """SST-2-format files the test writes, BERT-Tiny: one query per row (text has no image
+    augmentations), the pool drawn by --pool_size, the default lr the from-scratch one."""
+    require_minilm()
+    data_dir = write_toy_sst2(tmp_path / "data")
+    work = tmp_path / "lira"
+    r = _run("--dataset=sst2", f"--data_dir={data_dir}", "--model=bert_tiny", "--num_models=4",
+             "--epochs=3", "--num_targets=1", "--pool_size=120", f"--workdir={work}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((work / "results.json").read_text())
+    assert res["queries_per_example"] == 1
+    assert res["pool_size"] + res["population_size"] == 120
+    config = json.loads((work / "config.json").read_text())["config"]
+    assert config["lr"] == 1e-3 and config["model"] == "bert_tiny"
+    mem = np.load(work / "memorization.npz")
+    assert mem["memorization"].shape == (res["pool_size"],)
+    assert np.all(mem["num_in"] + mem["num_out"] == 4)
+
+
 @pytest.mark.parametrize("args,expect", [
     (["--num_models=2"], "--num_models must be >= 4"),
+    (["--dataset=sst2", "--model=mlp"], "sst2 is text (token ids); model 'mlp' cannot read it"),
+    (["--pool_size=7"], "--pool_size must be >= 2 x --num_models = 32"),
     (["--population_fraction=0.5"], "--population_fraction must be in [0, 0.5)"),
     (["--dataset=mnist"], "unknown dataset 'mnist'"),
     (["--seed=-1"], "--seed must be an integer in [0, 2**32), got -1"),

@@ -43,3 +43,25 @@ def toy_ensemble(num_models: int = 3):
     params, state = training.init_ensemble(model, keys)
     return model, params, state, training.make_ensemble_data(x, y, train, dev), keys
 
+
+
+def write_toy_sst2(root, train_rows: int = 200, dev_rows: int = 40, seed: int = 0) -> str:
+    """GLUE-format SST-2 files under ``root/glue/SST-2``: six filler words, then the sentiment as
+    one word ('great' = 1, 'awful' = 0), so a small BERT learns it in a few epochs. Returns the
+    data directory (``root``)."""
+    rng = np.random.default_rng(seed)
+    words = ["the", "film", "plot", "was", "quite", "acting", "very", "story", "a", "and"]
+
+    def rows(n):
+        out = []
+        for _ in range(n):
+            label = int(rng.integers(2))
+            text = " ".join(rng.choice(words, 6)) + (" great" if label else " awful")
+            out.append(f"{text}\t{label}")
+        return "sentence\tlabel\n" + "\n".join(out) + "\n"
+
+    folder = root / "glue" / "SST-2"
+    folder.mkdir(parents=True)
+    (folder / "train.tsv").write_text(rows(train_rows))
+    (folder / "dev.tsv").write_text(rows(dev_rows))
+    return str(root)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 
-from jaxmia.data import images, tabular
-from jaxmia.data.base import DATA_DIR_ENV, Dataset, resolve_data_dir  # noqa: F401
+from jaxmia.data import images, tabular, text
+from jaxmia.data.base import DATA_DIR_ENV, Dataset, resolve_data_dir, subsample  # noqa: F401
 from jaxmia.data.splits import Split, mia_prune_splits  # noqa: F401
 from jaxmia.errors import UserError
 
@@ -19,8 +19,10 @@ REGISTRY = {
     "cifar100": functools.partial(images.load_tfds, "cifar100"),
     "svhn": functools.partial(images.load_tfds, "svhn"),
     "chmnist": functools.partial(images.load_tfds, "chmnist"),
+    **{task: functools.partial(text.load_glue, task) for task in text.TASKS},
 }
 TABULAR = ("location", "purchase100", "texas100")
+TEXT = tuple(text.TASKS)
 
 
 def is_small(name: str) -> bool:
@@ -28,8 +30,17 @@ def is_small(name: str) -> bool:
     return name in TABULAR or name == "digits"
 
 
+def is_text(name: str) -> bool:
+    return name in TEXT
+
+
+def is_image(name: str) -> bool:
+    return name not in TABULAR and name not in TEXT
+
+
 def default_model(name: str) -> str:
-    return "mlp" if is_small(name) else "resnet18"
+    """The MLP on tabular data and digits, the pretrained MiniLM on text, else ResNet-18."""
+    return "mlp" if is_small(name) else "minilm" if is_text(name) else "resnet18"
 
 
 def check_name(name: str) -> None:

@@ -60,6 +60,19 @@ def make_dataset(name, x, y, num_classes, source, mean=None, std=None) -> Datase
                    std=None if std is None else tuple(std))
 
 
+def subsample(ds: Dataset, size: int | None, seed: int) -> Dataset:
+    """``size`` rows of ``ds`` drawn without replacement by ``seed`` (kept in pool order); None:
+    ``ds`` itself. A UserError where the pool is smaller."""
+    if size is None:
+        return ds
+    if size > len(ds):
+        raise UserError(f"--pool_size={size} exceeds {ds.name}'s {len(ds)} rows; pass at most "
+                        f"{len(ds)} or leave it unset")
+    rows = np.sort(np.random.default_rng(seed).permutation(len(ds))[:size])
+    return dataclasses.replace(ds, x=ds.x[rows], y=ds.y[rows],
+                               source=f"{ds.source} ({size} of {len(ds)} rows, seed {seed})")
+
+
 def resolve_data_dir(data_dir: str | None) -> str | None:
     """The data directory: the flag's value, else ``$JAXMIA_DATA_DIR``, else None."""
     return data_dir or os.environ.get(DATA_DIR_ENV) or None

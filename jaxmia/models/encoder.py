@@ -25,9 +25,13 @@ class EncoderBlock(nn.Module):
     heads: int = 12
     feed_forward: int = 1536
     dropout: float = 0.1
+    attention_dropout: float = 0.0  # on the attention weights (BERT: 0.1)
+    epsilon: float = 1e-12  # the LayerNorms'
 
     @nn.compact
-    def __call__(self, h, train: bool):
+    def __call__(self, h, train: bool, mask=None):
+        """``h`` ``[B, T, hidden]``; ``mask`` ``[B, T]`` (True: a real token) keeps padding out of
+        every token's attention."""
         b, t, _ = h.shape
         head_dim = self.hidden // self.heads
 
@@ -36,15 +40,19 @@ class EncoderBlock(nn.Module):
             return z.reshape(b, t, self.heads, head_dim)
 
         q, k, v = project("query"), project("key"), project("value")
-        weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim), -1)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim)
+        if mask is not None:
+            scores = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+        weights = layers.Dropout(self.attention_dropout, name="attention_dropout")(
+            jax.nn.softmax(scores, -1), train)
         attn = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, t, self.hidden)
         attn = nn.Dense(self.hidden, kernel_init=_init, name="attention_out")(attn)
-        h = nn.LayerNorm(epsilon=1e-12, name="attention_norm")(
+        h = nn.LayerNorm(epsilon=self.epsilon, name="attention_norm")(
             h + layers.Dropout(self.dropout)(attn, train))
         ff = nn.gelu(nn.Dense(self.feed_forward, kernel_init=_init, name="intermediate")(h),
                      approximate=False)
         ff = nn.Dense(self.hidden, kernel_init=_init, name="output")(ff)
-        return nn.LayerNorm(epsilon=1e-12, name="output_norm")(
+        return nn.LayerNorm(epsilon=self.epsilon, name="output_norm")(
             h + layers.Dropout(self.dropout)(ff, train))
 
 
