@@ -635,9 +635,14 @@ def run(cfg: AuditConfig) -> dict:
     t0 = time.perf_counter()
     ds = data.subsample(data.load(cfg.dataset, cfg.data_dir), cfg.pool_size, cfg.seed)
     model = models.make(cfg.model, ds.num_classes, ds.input_shape, norm=cfg.norm)
-    if cfg.pruning == "slim" and not model.has_batchnorm:
+    methods = {cfg.pruning, cfg.shadow_pruning or cfg.pruning} | (
+        {cfg.imp_method} if cfg.pruning == "imp" else set())
+    if "slim" in methods and not model.has_batchnorm:
         raise UserError(f"network slimming needs BatchNorm, and {cfg.model} with norm "
                         f"'{cfg.norm}' has none; use --norm=batch with an image model")
+    shapes, _ = jax.eval_shape(model.init, jax.random.key(0))
+    for method in sorted(methods):
+        pruning.check_model(method, shapes, cfg.model)
     if cfg.defense == "dp":
         clipping.check_model(model)
     splits = data.mia_prune_splits(len(ds), cfg.num_shadows, cfg.seed)

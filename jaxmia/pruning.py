@@ -180,6 +180,18 @@ def check_method(name: str) -> None:
                         f"{', '.join(list(METHODS) + ['none'])}")
 
 
+def check_model(method: str, params: Params, model_name: str) -> None:
+    """Refuses a filter pruner on a model without conv filters to prune (the MLP, the BERTs),
+    where it would silently leave the model dense. ``params`` may be shapes
+    (``jax.eval_shape`` of the model's init)."""
+    if method not in ("l1_structured", "l2_structured"):
+        return
+    if not any(p[-1] == "kernel" and len(w.shape) == 4 and w.shape[-1] >= 2
+               for p, w in _flat(params).items()):
+        raise UserError(f"{method} removes conv filters, and model '{model_name}' has no conv "
+                        "layer; use l1_unstructured (or l1_unstructured_global) with it")
+
+
 def make_masks(method: str, params: Params, sparsity: float, old_masks: Masks | None = None,
                ensemble: bool = False) -> Masks:
     """Masks of ``method`` at ``sparsity``, combined with ``old_masks`` (already pruned stays

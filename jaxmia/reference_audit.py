@@ -154,6 +154,7 @@ def run(cfg: StudyConfig) -> dict:
     t0 = time.perf_counter()
     ds = data.subsample(data.load(cfg.dataset, cfg.data_dir), cfg.pool_size, cfg.seed)
     model = models.make(cfg.model, ds.num_classes, ds.input_shape, norm=cfg.norm)
+    pruning.check_model(cfg.pruning, jax.eval_shape(model.init, jax.random.key(0))[0], cfg.model)
     root = jax.random.key(cfg.seed)
     split_key, member_key, init_key, train_key, ft_key = jax.random.split(root, 5)
     n = len(ds)

@@ -82,6 +82,10 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--num_models=1"], "--num_models must be >= 2"),
     (["--num_models=4", "--num_shadows=2"], "--num_models must be >= 2"),
     (["--pruning=slim"], "network slimming needs BatchNorm"),
+    (["--pruning=l1_structured"], "l1_structured removes conv filters, and model 'mlp' has no "
+                                  "conv layer; use l1_unstructured"),
+    (["--shadow_pruning=l2_structured"], "l2_structured removes conv filters"),
+    (["--pruning=imp", "--imp_method=l1_structured"], "l1_structured removes conv filters"),
     (["--attacks=lira"], "unknown attack 'lira'"),
     (["--dataset=location", "--attacks=label_aug"], "need an image dataset"),
     (["--attacks=samia", "--sensitivity_samples=0"], "need the sensitivity feature"),

@@ -65,6 +65,18 @@ def test_slim_refuses_models_without_batchnorm():
         pruning.slim(p, 0.5)
 
 
+@pytest.mark.parametrize("method", ["l1_structured", "l2_structured"])
+def test_filter_pruners_refuse_models_without_conv_filters(method):
+    """They would leave a dense model unpruned; a conv model (shapes only) is accepted."""
+    for name, shape in (("mlp", (12,)), ("bert_tiny", (16,))):
+        shapes, _ = jax.eval_shape(models.make(name, 3, shape).init, jax.random.key(0))
+        with pytest.raises(UserError, match=f"{method} removes conv filters, and model '{name}'"):
+            pruning.check_model(method, shapes, name)
+        pruning.check_model("l1_unstructured", shapes, name)
+    shapes, _ = jax.eval_shape(models.make("small_cnn", 3, (8, 8, 3)).init, jax.random.key(0))
+    pruning.check_model(method, shapes, "small_cnn")
+
+
 def test_slim_penalty_is_l1_of_scales():
     np.testing.assert_allclose(pruning.slim_penalty(_params(), 2.0), 2.0 * 2.65, rtol=1e-6)
 
