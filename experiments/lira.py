@@ -28,8 +28,9 @@ flags.DEFINE_integer("num_models", D.num_models, "models of the membership matri
 flags.DEFINE_float("population_fraction", D.population_fraction, "fraction of rows no model "
                    "trains on (RMIA's population samples); 0: none, RMIA left out, a "
                    "memorization score for every row (what --defense=rsw|rmr|swmr needs)")
-flags.DEFINE_integer("epochs", D.epochs, "training epochs (no early stopping)")
-flags.DEFINE_integer("batch_size", D.batch_size, "batch size")
+flags.DEFINE_integer("epochs", D.epochs, "training epochs, no early stopping (default: 30; 5 "
+                     "on text)")
+flags.DEFINE_integer("batch_size", D.batch_size, "batch size (default: 128; 32 on text)")
 flags.DEFINE_float("lr", None, "Adam learning rate (default: 1e-3; 5e-5 for the pretrained "
                    "minilm and minilm_2l)")
 flags.DEFINE_integer("pool_size", None, "rows drawn (by --seed) from the dataset's pool first "
@@ -38,7 +39,8 @@ flags.DEFINE_float("weight_decay", D.weight_decay, "L2 weight decay")
 flags.DEFINE_string("pruning", D.pruning, "none, or a one-shot pruning method (l1_unstructured, "
                     "...)")
 flags.DEFINE_float("sparsity", D.sparsity, "sparsity when pruning")
-flags.DEFINE_integer("finetune_epochs", D.finetune_epochs, "fine-tuning epochs after pruning")
+flags.DEFINE_integer("finetune_epochs", D.finetune_epochs, "fine-tuning epochs after pruning "
+                     "(default: 15; 2 on text)")
 flags.DEFINE_integer("num_targets", None, "how many models take a turn as the target "
                      "(default: all)")
 flags.DEFINE_integer("query_shift", D.query_shift, "image queries: largest shift in pixels "

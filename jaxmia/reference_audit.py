@@ -46,15 +46,15 @@ class StudyConfig:
     # Rows no model trains on (RMIA's population z); 0: none, so every row gets a memorization
     # score (what WeMem's schedules need) and RMIA is left out.
     population_fraction: float = 0.1
-    epochs: int = 30
-    batch_size: int = 128
+    epochs: int | None = None  # None: 30; 5 on text (fine-tuning a BERT)
+    batch_size: int | None = None  # None: 128; 32 on text
     lr: float | None = None  # None: models.default_lr (1e-3; 5e-5 for the pretrained BERTs)
     weight_decay: float = 5e-4
     # Rows drawn (with the seed) from the dataset's pool first; None: all of them.
     pool_size: int | None = None
     pruning: str = "none"
     sparsity: float = 0.7
-    finetune_epochs: int = 15
+    finetune_epochs: int | None = None  # None: 15; 2 on text
     num_targets: int | None = None  # None: every model is a target once
     # Image queries (Carlini et al.'s code): the image and its mirror, each shifted by every
     # offset in range(-query_shift, query_shift + 1, query_stride) pixels in both directions on a
@@ -73,8 +73,16 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     data.check_name(cfg.dataset)
     data.check_seed(cfg.seed)
     model = cfg.model or data.default_model(cfg.dataset)
+    text = data.is_text(cfg.dataset)
+
+    def default(value, text_value, other):
+        return value if value is not None else text_value if text else other
+
     cfg = dataclasses.replace(cfg, model=model,
-                              lr=cfg.lr if cfg.lr is not None else models.default_lr(model))
+                              lr=cfg.lr if cfg.lr is not None else models.default_lr(model),
+                              epochs=default(cfg.epochs, 5, 30),
+                              batch_size=default(cfg.batch_size, 32, 128),
+                              finetune_epochs=default(cfg.finetune_epochs, 2, 15))
     models.check_name(cfg.model)
     models.check_data(cfg.model, cfg.dataset, data.is_text(cfg.dataset))
     if cfg.pool_size is not None and cfg.pool_size < 2 * cfg.num_models:

@@ -27,6 +27,8 @@ def test_lira_study_on_digits(tmp_path):
     res = json.loads((work / "results.json").read_text())
     assert res["num_models"] == 4 and res["targets"] == 2
     assert res["queries_per_example"] == 18  # digits are 8x8 images: mirror x 3 x 3 shifts
+    config = json.loads((work / "config.json").read_text())["config"]
+    assert config["batch_size"] == 128 and config["finetune_epochs"] == 15  # not text's
     assert set(res["attacks"]) == {"lira_online", "lira_online_fixed_var", "lira_offline",
                                    "lira_offline_fixed_var", "rmia_online", "rmia_offline",
                                    "loss_threshold"}
@@ -62,6 +64,7 @@ def test_lira_study_on_text(tmp_path):
     assert res["pool_size"] + res["population_size"] == 120
     config = json.loads((work / "config.json").read_text())["config"]
     assert config["lr"] == 1e-3 and config["model"] == "bert_tiny"
+    assert config["batch_size"] == 32 and config["finetune_epochs"] == 2  # the text defaults
     mem = np.load(work / "memorization.npz")
     assert mem["memorization"].shape == (res["pool_size"],)
     assert np.all(mem["num_in"] + mem["num_out"] == 4)

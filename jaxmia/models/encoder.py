@@ -2,9 +2,12 @@
 blocks (BERT's layout: attention, add & LayerNorm, GELU feed-forward, add & LayerNorm), the first
 token's state into a dense classifier.
 
-Used by the DP tests and benchmark (ghost clipping of embeddings, attention projections and
-LayerNorm) at BERT-like shapes; the defaults are all-MiniLM-L6-v2's widths (hidden 384, 12 heads,
-feed-forward 1536). Inputs are int token ids ``[B, T]``.
+``EncoderBlock`` is the block of the text models' BERT (:mod:`jaxmia.models.bert`, which adds
+segments, the padding mask, the pooler and the pretrained weights). ``TextEncoder`` is the
+simpler stack that the DP tests and ``benchmarks/dp.py`` use (ghost clipping of embeddings,
+attention projections and LayerNorm at BERT-like shapes), kept as it is because the benchmark's
+PyTorch/Opacus model is its twin; the defaults are all-MiniLM-L6-v2's widths (hidden 384, 12
+heads, feed-forward 1536). Inputs are int token ids ``[B, T]``.
 """
 
 from __future__ import annotations
