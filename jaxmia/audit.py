@@ -186,11 +186,7 @@ def validate(cfg: AuditConfig) -> AuditConfig:
     if cfg.pool_size is not None and cfg.pool_size < 40:
         raise UserError(f"--pool_size must be >= 40 rows (every model's train, dev and test "
                         f"splits need some), got {cfg.pool_size}")
-    if cfg.norm is not None:
-        models.layers.check_norm(cfg.norm)
-        if cfg.model in models.TEXT_ONLY:
-            raise UserError(f"model '{cfg.model}' has BERT's LayerNorms and takes no --norm; "
-                            "drop it")
+    models.check_norm(cfg.model, cfg.norm)
     if cfg.pruning not in PRUNING_CHOICES:
         raise UserError(f"unknown pruning method '{cfg.pruning}'; choose one of "
                         f"{', '.join(PRUNING_CHOICES)}")

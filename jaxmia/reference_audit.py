@@ -94,11 +94,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
     if not 0 <= cfg.population_fraction < 0.5:
         raise UserError(f"--population_fraction must be in [0, 0.5), got "
                         f"{cfg.population_fraction}")
-    if cfg.norm is not None:
-        models.layers.check_norm(cfg.norm)
-        if cfg.model in models.TEXT_ONLY:
-            raise UserError(f"model '{cfg.model}' has BERT's LayerNorms and takes no --norm; "
-                            "drop it")
+    models.check_norm(cfg.model, cfg.norm)
     for name in ("epochs", "batch_size", "checkpoint_every"):
         if getattr(cfg, name) < 1:
             raise UserError(f"--{name} must be >= 1, got {getattr(cfg, name)}")

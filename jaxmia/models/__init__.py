@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from jaxmia.base import Model
 from jaxmia.errors import UserError
-from jaxmia.models import bert, cnn, densenet, mlp, resnet, vgg
+from jaxmia.models import bert, cnn, densenet, layers, mlp, resnet, vgg
 
 REGISTRY = {
     "mlp": mlp.make,
@@ -43,6 +43,15 @@ def check_data(name: str, dataset: str, text_data: bool) -> None:
                         "use it with sst2, cola, mrpc or rte")
 
 
+def check_norm(name: str, norm: str | None) -> None:
+    """Refuses an unknown norm layer, and any norm for the BERTs (theirs are LayerNorms)."""
+    if norm is None:
+        return
+    layers.check_norm(norm)
+    if name in TEXT_ONLY:
+        raise UserError(f"model '{name}' has BERT's LayerNorms and takes no --norm; drop it")
+
+
 def make(name: str, num_classes: int, input_shape, norm: str | None = None) -> Model:
     """Builds model ``name``.
 
@@ -53,7 +62,6 @@ def make(name: str, num_classes: int, input_shape, norm: str | None = None) -> M
     if name in IMAGE_ONLY and len(input_shape) != 3:
         raise UserError(f"model '{name}' needs image inputs (H, W, C) but the data has shape "
                         f"{tuple(input_shape)}; use --model=mlp for tabular data")
-    if name in TEXT_ONLY and norm is not None:
-        raise UserError(f"model '{name}' has BERT's LayerNorms and takes no --norm; drop it")
+    check_norm(name, norm)
     kwargs = {} if norm is None else {"norm": norm}
     return REGISTRY[name](num_classes, input_shape, **kwargs)
