@@ -92,6 +92,22 @@ def test_missing_or_broken_checkpoint_is_one_clear_line(tmp_path, monkeypatch):
         models.make("minilm", 2, (16,))
 
 
+def test_checkpoint_unlike_its_config_is_one_clear_line(tmp_path, monkeypatch):
+    """The real files with a config.json that describes another shape (feed-forward 1000)."""
+    import json
+
+    real = require_minilm()
+    for name in os.listdir(real):
+        if name != "config.json":
+            os.symlink(os.path.join(real, name), tmp_path / name)
+    with open(os.path.join(real, "config.json")) as f:
+        config = json.load(f)
+    (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 1000}))
+    monkeypatch.setenv(pretrained.MINILM_ENV, str(tmp_path))
+    with pytest.raises(UserError, match="do not match the BERT its config.json describes"):
+        models.make("minilm_2l", 2, (16,))
+
+
 def test_text_models_refuse_other_inputs():
     with pytest.raises(UserError, match="reads token ids"):
         models.make("bert_tiny", 2, (8, 8, 1))

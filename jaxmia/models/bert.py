@@ -163,15 +163,15 @@ def _pretrained(name: str, num_layers: int | None):
         encoder, weights = load_minilm(num_layers)
         base = from_linen(Bert(num_classes, encoder), _check_input(input_shape, name,
                                                                    encoder.max_len), name)
+        built = jax.eval_shape(base.init, jax.random.key(0))[0]["encoder"]
+        if jax.tree.structure(built) != jax.tree.structure(weights) or any(
+                a.shape != b.shape for a, b in zip(jax.tree.leaves(built),
+                                                   jax.tree.leaves(weights))):
+            raise UserError(f"all-MiniLM-L6-v2: the tensors in {pretrained.minilm_dir()} do not "
+                            f"match the BERT its config.json describes; {pretrained.INSTALL_HINT}")
 
         def init(key):
             params, state = base.init(key)  # the classifier's draw; the rest is overwritten
-            fresh = params["encoder"]
-            if jax.tree.structure(fresh) != jax.tree.structure(weights) or any(
-                    a.shape != b.shape for a, b in zip(jax.tree.leaves(fresh),
-                                                       jax.tree.leaves(weights))):
-                raise ValueError("the checkpoint's tensors do not match the BERT built from its "
-                                 "config")
             return {**params, "encoder": jax.tree.map(jnp.asarray, weights)}, state
 
         return base._replace(init=init)
