@@ -131,12 +131,12 @@ class AuditConfig:
 
     def resolved(self) -> AuditConfig:
         model = self.model or data.default_model(self.dataset)
+        text = data.is_text(self.dataset)
         epochs = self.epochs if self.epochs is not None else (
-            50 if data.is_small(self.dataset) else 5 if data.is_text(self.dataset) else 100)
+            50 if data.is_small(self.dataset) else 5 if text else 100)
         lr = self.lr if self.lr is not None else models.default_lr(model)
-        batch = self.batch_size if self.batch_size is not None else (
-            32 if data.is_text(self.dataset) else 128)
-        sensitivity = 0 if data.is_text(self.dataset) else self.sensitivity_samples
+        batch = self.batch_size if self.batch_size is not None else (32 if text else 128)
+        sensitivity = 0 if text else self.sensitivity_samples
         finetune = self.finetune_epochs if self.finetune_epochs is not None else epochs // 2
         strength, stages = self.defense_strength, self.defense_stages
         order = self.wemem_order
@@ -633,9 +633,6 @@ def run(cfg: AuditConfig) -> dict:
     model = models.make(cfg.model, ds.num_classes, ds.input_shape, norm=cfg.norm)
     methods = {cfg.pruning, cfg.shadow_pruning or cfg.pruning} | (
         {cfg.imp_method} if cfg.pruning == "imp" else set())
-    if "slim" in methods and not model.has_batchnorm:
-        raise UserError(f"network slimming needs BatchNorm, and {cfg.model} with norm "
-                        f"'{cfg.norm}' has none; use --norm=batch with an image model")
     shapes, _ = jax.eval_shape(model.init, jax.random.key(0))
     for method in sorted(methods):
         pruning.check_model(method, shapes, cfg.model)

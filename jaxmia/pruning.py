@@ -181,13 +181,16 @@ def check_method(name: str) -> None:
 
 
 def check_model(method: str, params: Params, model_name: str) -> None:
-    """Refuses a filter pruner on a model without conv filters to prune (the MLP, the BERTs),
-    where it would silently leave the model dense. ``params`` may be shapes
-    (``jax.eval_shape`` of the model's init)."""
-    if method not in ("l1_structured", "l2_structured"):
-        return
-    if not any(p[-1] == "kernel" and len(w.shape) == 4 and w.shape[-1] >= 2
-               for p, w in _flat(params).items()):
+    """Refuses, before any training, a method the model gives nothing to prune: a filter pruner
+    without conv filters (the MLP, the BERTs; it would silently leave the model dense), network
+    slimming without BatchNorm scales. ``params`` may be shapes (``jax.eval_shape`` of the
+    model's init)."""
+    flat = _flat(params)
+    if method == "slim" and not any(_is_bn_scale(p) for p in flat):
+        raise UserError(f"network slimming needs BatchNorm, and model '{model_name}' has none; "
+                        "use --norm=batch with an image model")
+    if method in ("l1_structured", "l2_structured") and not any(
+            p[-1] == "kernel" and len(w.shape) == 4 and w.shape[-1] >= 2 for p, w in flat.items()):
         raise UserError(f"{method} removes conv filters, and model '{model_name}' has no conv "
                         "layer; use l1_unstructured (or l1_unstructured_global) with it")
 

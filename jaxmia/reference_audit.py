@@ -84,7 +84,7 @@ def validate(cfg: StudyConfig) -> StudyConfig:
                               batch_size=default(cfg.batch_size, 32, 128),
                               finetune_epochs=default(cfg.finetune_epochs, 2, 15))
     models.check_name(cfg.model)
-    models.check_data(cfg.model, cfg.dataset, data.is_text(cfg.dataset))
+    models.check_data(cfg.model, cfg.dataset, text)
     if cfg.pool_size is not None and cfg.pool_size < 2 * cfg.num_models:
         raise UserError(f"--pool_size must be >= 2 x --num_models = {2 * cfg.num_models} (each "
                         f"model trains on half the rows), got {cfg.pool_size}")

@@ -84,6 +84,7 @@ def test_lira_study_on_text(tmp_path):
     (["--rmia_offline_a=2"], "--rmia_offline_a (RMIA's offline approximation) must be in [0, 1]"),
     (["--norm=bogus"], "unknown norm layer 'bogus'"),
     (["--pruning=magic"], "unknown pruning method 'magic'"),
+    (["--dataset=digits", "--pruning=slim"], "network slimming needs BatchNorm, and model 'mlp'"),
     (["--dataset=digits", "--pruning=l2_structured"],
      "l2_structured removes conv filters, and model 'mlp' has no"),
     (["--query_shift=3"], "--query_shift must be >= 0 and a multiple of --query_stride"),

@@ -75,6 +75,11 @@ def test_filter_pruners_refuse_models_without_conv_filters(method):
         pruning.check_model("l1_unstructured", shapes, name)
     shapes, _ = jax.eval_shape(models.make("small_cnn", 3, (8, 8, 3)).init, jax.random.key(0))
     pruning.check_model(method, shapes, "small_cnn")
+    with pytest.raises(UserError, match="network slimming needs BatchNorm, and model 'small_cnn'"):
+        pruning.check_model("slim", shapes, "small_cnn")  # its default norm is none
+    shapes, _ = jax.eval_shape(models.make("small_cnn", 3, (8, 8, 3), norm="batch").init,
+                               jax.random.key(0))
+    pruning.check_model("slim", shapes, "small_cnn")
 
 
 def test_slim_penalty_is_l1_of_scales():
