@@ -73,6 +73,11 @@ def dropout(key: jax.Array, rate: float, x: jax.Array) -> jax.Array:
 
 
 def normal(key: jax.Array, shape, dtype=jnp.float32, offset=0) -> jax.Array:
-    """Standard normals: sqrt(2) erf^-1(2u - 1) with u the 24-bit uniform shifted to (0, 1)."""
-    centred = ((bits(key, shape, offset) >> 8).astype(jnp.float32) + 0.5) * (2.0 * _SCALE) - 1.0
+    """Standard normals: sqrt(2) erf^-1(2u - 1) with u the 24-bit uniform shifted to (0, 1).
+
+    2u - 1 = (k - 2^23 + 1/2) / 2^23 for the word's top 24 bits k, formed in that order: every
+    step is exact in float32, so the 2^24 values are symmetric and stay inside (-1, 1).
+    (Forming (k + 1/2) first rounds k = 2^24 - 1 up to 2^24, and erf^-1(1) is inf.)"""
+    k = (bits(key, shape, offset) >> 8).astype(jnp.int32)
+    centred = ((k - (1 << 23)).astype(jnp.float32) + 0.5) * (2.0 * _SCALE)
     return (jnp.sqrt(2.0) * jax.lax.erf_inv(centred)).astype(dtype)
