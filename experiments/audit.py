@@ -78,7 +78,8 @@ flags.DEFINE_list("attacks", list(D.attacks), "attacks to run: the sets "
 flags.DEFINE_list("attack_stages", list(D.attack_stages), "targets to attack: unpruned, pruned "
                   "or both (the pruning paper's code attacks only the pruned one)")
 flags.DEFINE_integer("sensitivity_samples", D.sensitivity_samples, "Gaussian perturbations per "
-                     "example of the sensitivity feature (0: skip it)")
+                     "example of the sensitivity feature (0: skip it; default 10, or 5 on text, "
+                     "whose noise goes to the word embeddings)")
 flags.DEFINE_float("sensitivity_epsilon", D.sensitivity_epsilon, "perturbation size")
 flags.DEFINE_string("sensitivity_noise", D.sensitivity_noise, " | ".join(features.NOISE))
 flags.DEFINE_integer("label_only_examples", D.label_only_examples, "rows per split and model "

@@ -22,12 +22,18 @@ class Model(NamedTuple):
         real rows of a padded training batch, the only ones BatchNorm's statistics see.
       name: registry name of the architecture.
       has_batchnorm: whether ``state`` carries BatchNorm statistics (DP training refuses these).
+      perturb: where the sensitivity feature's Gaussian noise goes, for a model whose inputs
+        take none (token ids): ``(shape, apply_perturbed)``, ``apply_perturbed(params, state, x,
+        delta) -> logits`` the eval-mode logits with ``delta`` (``[B, *shape]``) added to the
+        inputs' continuous representation (the BERTs: their word embeddings). None: the noise is
+        added to ``x`` itself.
     """
 
     init: Callable[[jax.Array], tuple[Params, ModelState]]
     apply: Callable[..., tuple[jax.Array, ModelState]]
     name: str
     has_batchnorm: bool
+    perturb: tuple[tuple[int, ...], Callable[..., jax.Array]] | None = None
 
 
 class Adversary(NamedTuple):

@@ -77,7 +77,8 @@ def logit_scaled(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 
 def sensitivity(logits_fn, x: jax.Array, key: jax.Array, num_samples: int = 10,
-                epsilon: float = 1e-3, noise: str = "fast", offset=0, with_logits: bool = False):
+                epsilon: float = 1e-3, noise: str = "fast", offset=0, with_logits: bool = False,
+                perturb=None):
     """Prediction sensitivity as mia_prune's ``predict_target_sensitivity`` computes it.
 
     p = softmax(f(x)); for m = ``num_samples`` Gaussian directions u ~ N(0, I) in the (normalized)
@@ -92,15 +93,20 @@ def sensitivity(logits_fn, x: jax.Array, key: jax.Array, num_samples: int = 10,
       num_samples: m.
       epsilon: perturbation size.
       noise: 'fast' (default): independent N(0, 1) draws per example and copy from
-        :mod:`jaxmia.fastrand`; example ``offset + b`` always gets the same draws, so chunking
-        does not change the result. 'shared': the same m directions for every example (draws
-        m * D normals instead of B * m * D; each example's feature has the same distribution,
-        but the examples' noises are no longer independent of each other). 'threefry': JAX's
-        default generator (slow on CPU), folded with ``offset``. 'projected' (MLP only,
-        through :func:`sensitivity_projected`).
+        :mod:`jaxmia.fastrand`, example ``offset + b`` drawing from ``fold_in(key, offset + b)``,
+        so chunking does not change the result and no counter wraps however many rows there are.
+        'shared': the same m directions for every example (draws m * D normals instead of
+        B * m * D; each example's feature has the same distribution, but the examples' noises
+        are no longer independent of each other). 'threefry': JAX's default generator (slow on
+        CPU), folded with ``offset``. 'projected' (MLP only, through
+        :func:`sensitivity_projected`).
       offset: the global row index of ``x[0]`` (for chunked calls).
       with_logits: also return the unperturbed logits (computed anyway), so that the other
         features need no second forward pass.
+      perturb: for inputs that take no noise (token ids), ``(shape, perturbed_fn)``: u has
+        per-example ``shape`` and the perturbed logits are ``perturbed_fn(x_copies, eps * u)``
+        (a model's ``Model.perturb`` with its params bound; ``x_copies`` is ``x`` with each row
+        repeated m times). None: ``logits_fn(x + eps * u)``.
 
     Returns:
       ``[B, C]`` sensitivities (float32), and the ``[B, C]`` logits with ``with_logits``.
@@ -108,19 +114,31 @@ def sensitivity(logits_fn, x: jax.Array, key: jax.Array, num_samples: int = 10,
     if noise not in NOISE or noise in ("projected", "auto"):
         raise ValueError(f"unknown noise '{noise}' here; choose one of fast, shared, threefry "
                          "(projected: sensitivity_projected)")
-    b, shape = x.shape[0], x.shape[1:]
-    dim = math.prod(shape)
+    b = x.shape[0]
+    if perturb is None:
+        shape, dtype = x.shape[1:], x.dtype
+        perturbed_fn = lambda copies, delta: logits_fn(copies + delta)  # noqa: E731
+    else:
+        (shape, perturbed_fn), dtype = perturb, jnp.float32
+    shape = tuple(shape)
     if noise == "fast":
-        u = fastrand.normal(key, (b, num_samples) + shape, x.dtype,
-                            offset=jnp.asarray(offset, jnp.uint32) * (num_samples * dim))
+        u = row_normals(key, b, offset, (num_samples,) + shape, dtype)
     elif noise == "shared":
-        u = jnp.broadcast_to(fastrand.normal(key, (1, num_samples) + shape, x.dtype),
+        u = jnp.broadcast_to(fastrand.normal(key, (1, num_samples) + shape, dtype),
                              (b, num_samples) + shape)
     else:
-        u = jax.random.normal(jax.random.fold_in(key, offset), (b, num_samples) + shape, x.dtype)
+        u = jax.random.normal(jax.random.fold_in(key, offset), (b, num_samples) + shape, dtype)
     logits = logits_fn(x)
-    perturbed = (x[:, None] + epsilon * u).reshape((b * num_samples,) + shape)
-    return _finite_difference(logits, logits_fn(perturbed), num_samples, epsilon, with_logits)
+    copies = jnp.repeat(x, num_samples, axis=0)
+    perturbed = perturbed_fn(copies, (epsilon * u).reshape((b * num_samples,) + shape))
+    return _finite_difference(logits, perturbed, num_samples, epsilon, with_logits)
+
+
+def row_normals(key: jax.Array, num_rows: int, offset, shape, dtype=jnp.float32) -> jax.Array:
+    """``[num_rows, *shape]`` standard normals from :mod:`jaxmia.fastrand`, row ``i`` drawn from
+    ``fold_in(key, offset + i)`` (so a row's draws depend on its global index only)."""
+    rows = jnp.asarray(offset, jnp.uint32) + jnp.arange(num_rows, dtype=jnp.uint32)
+    return jax.vmap(lambda r: fastrand.normal(jax.random.fold_in(key, r), shape, dtype))(rows)
 
 
 def _finite_difference(logits, perturbed_logits, num_samples, epsilon, with_logits):
@@ -157,8 +175,7 @@ def sensitivity_projected(kernel: jax.Array, bias: jax.Array, rest_fn, x: jax.Ar
     z0 = x.reshape(b, -1) @ kernel + bias
     hidden = kernel.shape[1]
     scale = projection_scale(kernel) if scale is None else scale
-    z = fastrand.normal(key, (b, num_samples, hidden), z0.dtype,
-                        offset=jnp.asarray(offset, jnp.uint32) * (num_samples * hidden))
+    z = row_normals(key, b, offset, (num_samples, hidden), z0.dtype)
     perturbed = (z0[:, None] + epsilon * (z @ scale.T)).reshape(b * num_samples, hidden)
     return _finite_difference(rest_fn(z0), rest_fn(perturbed), num_samples, epsilon,
                               with_logits)
@@ -181,8 +198,13 @@ def _ensemble_fn(model, mode: str, num_samples: int, epsilon: float, noise: str,
                                          lambda z: mlp.from_first_preactivation(live, z),
                                          x_all[rows], key, num_samples, epsilon, offset, scale,
                                          with_logits=True)
+        perturb = None
+        if model.perturb is not None:
+            shape, apply_perturbed = model.perturb
+            perturb = (shape, lambda x, delta: apply_perturbed(live, state, x, delta))
         return sensitivity(lambda x: model.apply(live, state, x, train=False)[0], x_all[rows],
-                           key, num_samples, epsilon, noise, offset, with_logits=True)
+                           key, num_samples, epsilon, noise, offset, with_logits=True,
+                           perturb=perturb)
 
     axes = (0, 0, 0, 0, 0, 0, None, None)
     mapped = (training.unrolled_models(one, axes) if mode == "stepwise"
@@ -209,7 +231,7 @@ def ensemble_sensitivity(model, params, model_state, masks, x_all, idx, key: jax
     noise = resolve_noise(noise, model.name)
     mode = training.resolve_ensemble_mode(mode, params)
     num_models, n = idx.shape
-    dim = math.prod(x_all.shape[1:])
+    dim = math.prod(model.perturb[0] if model.perturb is not None else x_all.shape[1:])
     chunk = chunk or max(1, min(n, 2**22 // (num_samples * dim)))
     keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(num_models))
     fn = _ensemble_fn(model, mode, num_samples, float(epsilon), noise, mesh)

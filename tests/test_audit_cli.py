@@ -143,7 +143,6 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--attack_stages=final"], "--attack_stages must name one or both of unpruned, pruned"),
     (["--dataset=sst2", "--model=mlp"], "sst2 is text (token ids); model 'mlp' cannot read it"),
     (["--dataset=location", "--model=bert_tiny"], "model 'bert_tiny' reads token ids"),
-    (["--dataset=sst2", "--attacks=threshold,samia"], "which text data does not have"),
     (["--dataset=sst2", "--attacks=label_aug"], "need an image dataset; sst2 is text"),
     (["--dataset=sst2", "--norm=group"], "model 'minilm' has BERT's LayerNorms and takes no"),
     (["--dataset=sst2", "--data_dir=/nonexistent"], "sst2: train.tsv not found"),
@@ -164,7 +163,8 @@ def test_bad_input_one_line_nonzero_nothing_written(tmp_path, args, expect):
 
 def test_audit_on_text_end_to_end(tmp_path):
     """GLUE-format SST-2 files the test writes (the sentiment is one word), BERT-Tiny: every
-    attack text data defines runs, the sensitivity ones and the label-only ones left out."""
+    attack text data defines runs (the label-only ones left out), the sensitivity attacks on
+    noise in the word embeddings."""
     require_minilm()
     data_dir = write_toy_sst2(tmp_path / "data")
     work = tmp_path / "run"
@@ -174,12 +174,13 @@ def test_audit_on_text_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((work / "results.json").read_text())
     assert res["dataset"] == "sst2" and res["model"] == "bert_tiny"
-    expected = [a for a in attacks.ALL
-                if a not in attacks.LABEL_ONLY and a not in attacks.NEEDS_SENSITIVITY]
+    expected = [a for a in attacks.ALL if a not in attacks.LABEL_ONLY]
     for stage in ("unpruned", "pruned"):
         assert list(res["attacks"][stage]) == expected
-        assert res["gaps"][stage]["sensitivity_gap"] is None
-    assert res["sensitivity"]["samples"] == 0
+        for a in attacks.NEEDS_SENSITIVITY:
+            assert 0 <= res["attacks"][stage][a]["auc"] <= 1
+        assert np.isfinite(res["gaps"][stage]["sensitivity_gap"])
+    assert res["sensitivity"] == {"samples": 5, "epsilon": 1e-3, "noise": "fast"}
     config = json.loads((work / "config.json").read_text())["config"]
     assert config["lr"] == 1e-3 and config["batch_size"] == 32 and config["pool_size"] == 160
     splits = json.loads((work / "splits.json").read_text())

@@ -1,7 +1,8 @@
 """The Flax BERT: all-MiniLM-L6-v2's weights give Hugging Face PyTorch BertModel's outputs
 (tests/data/minilm_reference.npz, written by scripts/minilm_reference.py), the mask and segment
-ids derived from the token ids are the tokenizer's, padding changes nothing, and each model of an
-ensemble starts from the checkpoint with its own classifier."""
+ids derived from the token ids are the tokenizer's, padding changes nothing, each model of an
+ensemble starts from the checkpoint with its own classifier, and the sensitivity feature's noise
+lands on the word embeddings."""
 
 import os
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmia import models, pretrained
+from jaxmia import fastrand, features, models, pretrained, training
 from jaxmia.errors import UserError
 from jaxmia.models import bert
 from tests.conftest import ROOT, require_minilm
@@ -117,3 +118,63 @@ def test_text_models_refuse_other_inputs():
         models.check_data("mlp", "sst2", text_data=True)
     with pytest.raises(UserError, match="location is not a text dataset"):
         models.check_data("bert_tiny", "location", text_data=False)
+
+
+def _tiny_batch():
+    model = models.make("bert_tiny", 3, (12,))
+    params, state = model.init(jax.random.key(0))
+    ids = np.zeros((2, 12), np.float32)
+    ids[0, :6] = [101, 2023, 2003, 1037, 3231, 102]
+    ids[1, :9] = [101, 2062, 102, 2003, 1037, 3231, 2062, 1012, 102]  # a pair
+    return model, params, state, jnp.asarray(ids)
+
+
+def test_word_embedding_noise_is_a_shift_of_the_token_embedding():
+    """Model.perturb adds its delta to the word embeddings: a delta at the one place token 2023
+    occurs is the same as moving that token's row of the embedding table; no delta is apply;
+    a delta at the padding changes nothing."""
+    model, params, state, ids = _tiny_batch()
+    (shape, apply_perturbed) = model.perturb
+    assert shape == (12, 128)
+    clean, _ = model.apply(params, state, ids, train=False)
+    zero = jnp.zeros((2,) + shape)
+    np.testing.assert_array_equal(apply_perturbed(params, state, ids, zero), clean)
+    d = 0.5 * jax.random.normal(jax.random.key(1), (128,))
+    moved = jax.tree.map(lambda a: a, params)
+    table = params["encoder"]["word"]["embedding"]
+    moved["encoder"]["word"]["embedding"] = table.at[2023].add(d)
+    by_table, _ = model.apply(moved, state, ids, train=False)
+    by_delta = apply_perturbed(params, state, ids, zero.at[0, 1].set(d))
+    np.testing.assert_allclose(by_delta, by_table, atol=1e-5)
+    assert np.abs(np.asarray(by_delta[0] - clean[0])).max() > 1e-4  # it did move row 0
+    np.testing.assert_allclose(by_delta[1], clean[1], atol=1e-6)  # and only row 0
+    at_padding = zero.at[0, 6:].set(1.0).at[1, 9:].set(-1.0)
+    np.testing.assert_allclose(apply_perturbed(params, state, ids, at_padding), clean, atol=1e-5)
+
+
+def test_text_sensitivity_matches_a_slow_reference_loop():
+    """The ensemble's sensitivity on token ids: for each row and copy, the softmax change of one
+    perturbed pass at a time (row b's noise from fold_in(model key, b)), divided by eps."""
+    model, _, _, ids = _tiny_batch()
+    params, state = training.init_ensemble(model, jax.random.split(jax.random.key(3), 2))
+    masks = jax.tree.map(jnp.ones_like, params)
+    idx = jnp.array([[0, 1], [1, 0]])
+    key, m, eps = jax.random.key(4), 3, 1e-2
+    sens, logits = features.ensemble_sensitivity(model, params, state, masks, ids, idx, key,
+                                                 num_samples=m, epsilon=eps, chunk=1,
+                                                 return_logits=True)
+    assert sens.shape == (2, 2, 3)
+    shape, apply_perturbed = model.perturb
+    for k in range(2):
+        pk, sk = jax.tree.map(lambda a: a[k], params), jax.tree.map(lambda a: a[k], state)
+        for j, row in enumerate(np.asarray(idx[k])):
+            x = ids[row][None]
+            p = jax.nn.softmax(model.apply(pk, sk, x, train=False)[0][0])
+            np.testing.assert_allclose(logits[k, j], model.apply(pk, sk, x, train=False)[0][0],
+                                       atol=1e-5)
+            u = fastrand.normal(jax.random.fold_in(jax.random.fold_in(key, k), j), (m,) + shape)
+            ref = np.mean([np.abs(np.asarray(jax.nn.softmax(
+                apply_perturbed(pk, sk, x, eps * u[c][None])[0]) - p)) for c in range(m)],
+                axis=0) / eps
+            np.testing.assert_allclose(sens[k, j], ref, rtol=1e-3, atol=1e-5)
+        assert float(jnp.min(jnp.sum(sens[k], -1))) > 0  # the noise reaches the logits

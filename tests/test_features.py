@@ -52,8 +52,9 @@ def test_sensitivity_matches_a_slow_reference_loop(num_samples, offset):
 
     key = jax.random.key(2)
     fast = features.sensitivity(logits_fn, x, key, num_samples, 1e-3, offset=offset)
-    # The same draws: example b uses words (offset + b) * m * D ... of the key's stream.
-    u = fastrand.normal(key, (offset + 4, num_samples, 7))[offset:]
+    # The same draws: example b draws from fold_in(key, offset + b).
+    u = np.stack([fastrand.normal(jax.random.fold_in(key, offset + b), (num_samples, 7))
+                  for b in range(4)])
     ref = _reference(logits_fn, x, u, 1e-3)
     np.testing.assert_allclose(fast, ref, rtol=2e-3, atol=1e-4)
     assert fast.shape == (4, 5) and bool(jnp.all(fast >= 0))

@@ -16,7 +16,8 @@ Registry entries:
 - ``bert_tiny``: BERT-Tiny's shape (Turc et al. 2019: 2 layers, hidden 128, 2 heads, feed-forward
   512) on the same vocabulary, randomly initialized (fast tests and training from scratch).
 Pruning masks the dense kernels (attention, feed-forward, pooler, classifier); the embedding
-tables stay dense, as in BERT pruning studies.
+tables stay dense, as in BERT pruning studies. The sensitivity feature perturbs the word
+embeddings (``Model.perturb``), since token ids take no Gaussian noise.
 """
 
 from __future__ import annotations
@@ -62,13 +63,15 @@ class BertEncoder(nn.Module):
     epsilon: float = 1e-12
 
     @nn.compact
-    def __call__(self, ids, train: bool):
+    def __call__(self, ids, train: bool, word_delta=None):
         ids = ids.astype(jnp.int32)
         if ids.shape[1] > self.max_len:
             raise ValueError(f"{ids.shape[1]} tokens exceed the {self.max_len} positions")
         mask, segment = mask_and_segments(ids)
-        h = (nn.Embed(self.vocab_size, self.hidden, embedding_init=_init, name="word")(ids)
-             + nn.Embed(self.max_len, self.hidden, embedding_init=_init, name="position")(
+        words = nn.Embed(self.vocab_size, self.hidden, embedding_init=_init, name="word")(ids)
+        if word_delta is not None:  # the sensitivity feature's noise (Model.perturb)
+            words = words + word_delta
+        h = (words + nn.Embed(self.max_len, self.hidden, embedding_init=_init, name="position")(
                  jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape))
              + nn.Embed(self.type_vocab_size, self.hidden, embedding_init=_init,
                         name="segment")(segment))
@@ -87,8 +90,8 @@ class Bert(nn.Module):
     encoder: BertEncoder
 
     @nn.compact
-    def __call__(self, ids, train: bool):
-        _, pooled = self.encoder(ids, train)
+    def __call__(self, ids, train: bool, word_delta=None):
+        _, pooled = self.encoder(ids, train, word_delta)
         pooled = layers.Dropout(self.encoder.dropout)(pooled, train)
         return nn.Dense(self.num_classes, kernel_init=_init, name="classifier")(pooled)
 
@@ -150,6 +153,19 @@ def hf_to_params(w: dict, num_layers: int) -> dict:
     return jax.tree.map(lambda a: np.asarray(a, np.float32), out)
 
 
+def _wrap(module: Bert, input_shape, name: str) -> Model:
+    """The module as a :class:`Model` whose sensitivity noise goes to the word embeddings: the
+    ``[T, H]`` vectors of the tokens (at [PAD] positions it changes nothing, as attention masks
+    them out)."""
+    shape = _check_input(input_shape, name, module.encoder.max_len)
+
+    def apply_perturbed(params, state, ids, delta):
+        return module.apply({"params": params, **state}, ids, train=False, word_delta=delta)
+
+    return from_linen(module, shape, name)._replace(
+        perturb=(shape + (module.encoder.hidden,), apply_perturbed))
+
+
 def _check_input(input_shape, name: str, max_len: int) -> tuple[int]:
     if len(input_shape) != 1 or input_shape[0] > max_len:
         raise UserError(f"model '{name}' reads token ids [T] with T <= {max_len}, but the data "
@@ -161,8 +177,7 @@ def _check_input(input_shape, name: str, max_len: int) -> tuple[int]:
 def _pretrained(name: str, num_layers: int | None):
     def make(num_classes: int, input_shape) -> Model:
         encoder, weights = load_minilm(num_layers)
-        base = from_linen(Bert(num_classes, encoder), _check_input(input_shape, name,
-                                                                   encoder.max_len), name)
+        base = _wrap(Bert(num_classes, encoder), input_shape, name)
         built = jax.eval_shape(base.init, jax.random.key(0))[0]["encoder"]
         if jax.tree.structure(built) != jax.tree.structure(weights) or any(
                 a.shape != b.shape for a, b in zip(jax.tree.leaves(built),
@@ -182,8 +197,7 @@ def _pretrained(name: str, num_layers: int | None):
 def make_tiny(num_classes: int, input_shape) -> Model:
     """BERT-Tiny's shape, randomly initialized, on the uncased WordPiece vocabulary."""
     encoder = BertEncoder(hidden=128, heads=2, feed_forward=512, num_layers=2)
-    return from_linen(Bert(num_classes, encoder),
-                      _check_input(input_shape, "bert_tiny", encoder.max_len), "bert_tiny")
+    return _wrap(Bert(num_classes, encoder), input_shape, "bert_tiny")
 
 
 REGISTRY = {"minilm": _pretrained("minilm", None), "minilm_2l": _pretrained("minilm_2l", 2),
