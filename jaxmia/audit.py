@@ -35,6 +35,7 @@ from jaxmia import (
     sharding,
     training,
 )
+from jaxmia.attacks import label_only_text
 from jaxmia.defenses import wemem
 from jaxmia.errors import UserError
 
@@ -422,9 +423,10 @@ def _dp_config(cfg: AuditConfig, noise_multiplier: float) -> dp.DPConfig:
 
 
 def expand_attacks(cfg: AuditConfig) -> tuple[str, ...]:
-    """Attack names with the sets ('all', 'paper', 'threshold') expanded. 'all' leaves out what
-    the data does not define: the label-only attacks (image augmentations) on tabular and text
-    data."""
+    """Attack names with the sets ('all', 'paper', 'threshold') expanded. 'all' leaves out the
+    label-only attacks on tabular data (they are defined for images and, with edits of the token
+    ids, for text) and on text (each of their ~100 queries per row is a BERT pass: ask for them
+    by name)."""
     text = data.is_text(cfg.dataset)
     out = []
     for name in cfg.attacks:
@@ -437,9 +439,10 @@ def expand_attacks(cfg: AuditConfig) -> tuple[str, ...]:
             raise UserError(f"unknown attack '{name}'; choose from {', '.join(attacks.SETS)}, "
                             f"{', '.join(attacks.REGISTRY)}")
     label_only = [a for a in out if a in attacks.LABEL_ONLY]
-    if label_only and not data.is_image(cfg.dataset):
-        raise UserError(f"label-only attack(s) {', '.join(label_only)} need an image dataset; "
-                        f"{cfg.dataset} is {'text' if text else 'tabular'}")
+    if label_only and not (data.is_image(cfg.dataset) or text):
+        raise UserError(f"label-only attack(s) {', '.join(label_only)} need an image or text "
+                        f"dataset (they perturb images or edit token ids); {cfg.dataset} is "
+                        "tabular")
     return tuple(dict.fromkeys(out))
 
 
@@ -503,17 +506,20 @@ def _one_model(tree, k):
 
 
 def _label_predictor(model, params, state, masks, k, chunk=512):
-    """Model k's predicted labels of a host batch: the only access label-only attacks have."""
+    """Model k's predicted labels of a host batch: the only access label-only attacks have.
+    Batches go in pieces of ``chunk`` rows, a smaller one padded to the next power of two (so a
+    few shapes compile, and 50 rows of a BERT do not pay for 512)."""
     p, s, m = _one_model(params, k), _one_model(state, k), _one_model(masks, k)
-    rows = jnp.arange(chunk)[None]
 
     def predict(xb):
         out = []
         for i in range(0, len(xb), chunk):
             part = np.asarray(xb[i:i + chunk], np.float32)
-            padded = np.concatenate([part, np.zeros((chunk - len(part),) + part.shape[1:],
+            size = min(chunk, 1 << (len(part) - 1).bit_length())
+            padded = np.concatenate([part, np.zeros((size - len(part),) + part.shape[1:],
                                                     np.float32)])
-            logits = training.predict_logits(model, p, s, m, jnp.asarray(padded), rows, chunk)
+            logits = training.predict_logits(model, p, s, m, jnp.asarray(padded),
+                                             jnp.arange(size)[None], size)
             out.append(np.asarray(jnp.argmax(logits[0], -1))[: len(part)])
         return np.concatenate(out)
 
@@ -537,9 +543,10 @@ def _label_only_features(cfg, model, params, state, masks, x, y, idx_lists):
     for k, rows in enumerate(idx_lists):
         rows = np.asarray(rows)
         rows = np.sort(rng.permutation(rows)[: cfg.label_only_examples])
-        f = attacks.label_only.query_features(
-            _label_predictor(model, params, state, masks, k), np.asarray(x)[rows],
-            np.asarray(y)[rows], cfg.seed + k)
+        query = (label_only_text.query_features if data.is_text(cfg.dataset)
+                 else attacks.label_only.query_features)
+        f = query(_label_predictor(model, params, state, masks, k), np.asarray(x)[rows],
+                  np.asarray(y)[rows], cfg.seed + k)
         out.append(f)
     return out
 

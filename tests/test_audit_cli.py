@@ -87,7 +87,7 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--shadow_pruning=l2_structured"], "l2_structured removes conv filters"),
     (["--pruning=imp", "--imp_method=l1_structured"], "l1_structured removes conv filters"),
     (["--attacks=lira"], "unknown attack 'lira'"),
-    (["--dataset=location", "--attacks=label_aug"], "need an image dataset"),
+    (["--dataset=location", "--attacks=label_aug"], "need an image or text dataset"),
     (["--attacks=samia", "--sensitivity_samples=0"], "need the sensitivity feature"),
     (["--shadow_pruning=magic"], "unknown --shadow_pruning 'magic'"),
     (["--defense=dp"], "needs exactly one of --noise_multiplier or --target_epsilon"),
@@ -143,7 +143,6 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--attack_stages=final"], "--attack_stages must name one or both of unpruned, pruned"),
     (["--dataset=sst2", "--model=mlp"], "sst2 is text (token ids); model 'mlp' cannot read it"),
     (["--dataset=location", "--model=bert_tiny"], "model 'bert_tiny' reads token ids"),
-    (["--dataset=sst2", "--attacks=label_aug"], "need an image dataset; sst2 is text"),
     (["--dataset=sst2", "--norm=group"], "model 'minilm' has BERT's LayerNorms and takes no"),
     (["--dataset=sst2", "--data_dir=/nonexistent"], "sst2: train.tsv not found"),
     (["--pool_size=10"], "--pool_size must be >= 40 rows"),
@@ -163,20 +162,23 @@ def test_bad_input_one_line_nonzero_nothing_written(tmp_path, args, expect):
 
 def test_audit_on_text_end_to_end(tmp_path):
     """GLUE-format SST-2 files the test writes (the sentiment is one word), BERT-Tiny: every
-    attack text data defines runs (the label-only ones left out), the sensitivity attacks on
-    noise in the word embeddings."""
+    attack runs, the sensitivity attacks on noise in the word embeddings and the label-only ones
+    (asked for by name: 'all' leaves them out on text) on edits of the token ids."""
     require_minilm()
     data_dir = write_toy_sst2(tmp_path / "data")
     work = tmp_path / "run"
     r = _run(f"--workdir={work}", "--dataset=sst2", f"--data_dir={data_dir}",
              "--model=bert_tiny", "--pool_size=160", "--epochs=12", "--num_shadows=1",
-             "--attack_epochs=2", "--blindmi_reference=40")
+             "--attack_epochs=2", "--blindmi_reference=40",
+             "--attacks=all,label_aug,label_noise,label_boundary", "--label_only_examples=20")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((work / "results.json").read_text())
     assert res["dataset"] == "sst2" and res["model"] == "bert_tiny"
-    expected = [a for a in attacks.ALL if a not in attacks.LABEL_ONLY]
+    expected = [a for a in attacks.ALL if a not in attacks.LABEL_ONLY] + list(attacks.LABEL_ONLY)
     for stage in ("unpruned", "pruned"):
         assert list(res["attacks"][stage]) == expected
+        for a in attacks.LABEL_ONLY:
+            assert res["attacks"][stage][a]["num_examples"] == 40  # 20 per split
         for a in attacks.NEEDS_SENSITIVITY:
             assert 0 <= res["attacks"][stage][a]["auc"] <= 1
         assert np.isfinite(res["gaps"][stage]["sensitivity_gap"])

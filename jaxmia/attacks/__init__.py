@@ -14,7 +14,7 @@ REGISTRY = {**threshold.REGISTRY, **classifier.REGISTRY, **samia.REGISTRY, **gri
 THRESHOLD = ("confidence", "entropy", "modified_entropy", "top1", "loss")
 # The eight attacks of the pruning paper's code (the 9-minute target of issue #3).
 PAPER = THRESHOLD[:3] + ("top1_code", "nn", "top3", "nncls", "samia")
-# Everything: label-only attacks run on image datasets only.
+# Everything (the audit's 'all' leaves the label-only attacks out on tabular data and text).
 ALL = PAPER + ("top1", "loss", "correctness", "grip_nn") + tuple(sparsity_nn.REGISTRY) + ("blindmi",) + \
     label_only.FEATURES
 LABEL_ONLY = label_only.FEATURES

@@ -1,5 +1,6 @@
 """Label-only attacks (Choquette-Choo et al., ICML 2021) for image models: the attacker sees only
-the predicted label, and members are the examples whose label survives perturbation.
+the predicted label, and members are the examples whose label survives perturbation. (Text
+models get the same three features from edits of their token ids: ``label_only_text``.)
 
 Features (one per example, higher = more member-like), computed by :func:`query_features` from a
 ``predict_labels`` function:

@@ -38,7 +38,9 @@ from jaxmia.models.encoder import EncoderBlock
 from jaxmia.models.wrap import from_linen
 
 _init = nn.initializers.normal(0.02)  # BERT's initializer range
-PAD_ID, SEP_ID = 0, 102  # the uncased WordPiece vocabulary's [PAD] and [SEP]
+# The uncased WordPiece vocabulary's [PAD], [CLS], [SEP], [MASK], and its first word piece ("!";
+# ids 1-998 are [unused] and special tokens).
+PAD_ID, CLS_ID, SEP_ID, MASK_ID, FIRST_PIECE_ID = 0, 101, 102, 103, 999
 
 
 def mask_and_segments(ids: jax.Array) -> tuple[jax.Array, jax.Array]:
