@@ -539,12 +539,12 @@ def _reference_features(cfg, model, params, state, masks, x, source_rows):
 def _label_only_features(cfg, model, params, state, masks, x, y, idx_lists):
     """Label-only features of each model on (at most ``label_only_examples`` of) its rows."""
     rng = np.random.default_rng(cfg.seed)
+    query = (label_only_text.query_features if data.is_text(cfg.dataset)
+             else attacks.label_only.query_features)
     out = []
     for k, rows in enumerate(idx_lists):
         rows = np.asarray(rows)
         rows = np.sort(rng.permutation(rows)[: cfg.label_only_examples])
-        query = (label_only_text.query_features if data.is_text(cfg.dataset)
-                 else attacks.label_only.query_features)
         f = query(_label_predictor(model, params, state, masks, k), np.asarray(x)[rows],
                   np.asarray(y)[rows], cfg.seed + k)
         out.append(f)

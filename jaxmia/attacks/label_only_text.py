@@ -69,8 +69,8 @@ def query_features(predict_labels, x: np.ndarray, y: np.ndarray, seed: int, *,
     y = np.asarray(y)
     ids = x.astype(np.int64)
 
-    def correct(edited):
-        return predict_labels(edited.astype(x.dtype)) == y
+    def correct(edited, rows=slice(None)):
+        return predict_labels(edited.astype(x.dtype)) == y[rows]
 
     is_correct = correct(ids)
     aug = np.mean([is_correct] + [correct(delete_one(ids, rng)) for _ in range(copies)], 0)
@@ -85,12 +85,11 @@ def query_features(predict_labels, x: np.ndarray, y: np.ndarray, seed: int, *,
         rank = np.argsort(np.argsort(keys, 1), 1)
         flips = is_correct & ~correct(mask_first(ids, rank, count))
         lo, hi = np.zeros_like(count), count.copy()  # correct at lo (0: is_correct), wrong at hi
-        while np.any(flips & (hi - lo > 1)):
-            mid = (lo + hi) // 2
-            wrong = ~correct(mask_first(ids, rank, mid))
-            step = flips & (hi - lo > 1)
-            hi = np.where(step & wrong, mid, hi)
-            lo = np.where(step & ~wrong, mid, lo)
+        while np.any(step := flips & (hi - lo > 1)):  # only the unresolved rows are queried
+            mid = (lo[step] + hi[step]) // 2
+            wrong = ~correct(mask_first(ids[step], rank[step], mid), step)
+            hi[step] = np.where(wrong, mid, hi[step])
+            lo[step] = np.where(wrong, lo[step], mid)
         best = np.minimum(best, np.where(flips, hi, count))
     boundary = np.where(count > 0, best / np.maximum(count, 1), 1.0)
     return {"label_aug": aug, "label_noise": noise,
