@@ -84,6 +84,8 @@ flags.DEFINE_float("sensitivity_epsilon", D.sensitivity_epsilon, "perturbation s
 flags.DEFINE_string("sensitivity_noise", D.sensitivity_noise, " | ".join(features.NOISE))
 flags.DEFINE_integer("label_only_examples", D.label_only_examples, "rows per split and model "
                      "that the label-only attacks query")
+flags.DEFINE_string("wordnet_dir", D.wordnet_dir, "WordNet 3.0's database files (data.noun, "
+                    "data.verb, data.adj, data.adv) for label_synonym (Debian: wordnet-base)")
 flags.DEFINE_integer("blindmi_reference", D.blindmi_reference, "generated non-members for BlindMI")
 flags.DEFINE_integer("attack_epochs", None, "train every classifier attack this many epochs "
                      "(default: each paper's: 100, GRIP 300, sparsity discriminators 80)")

@@ -9,6 +9,7 @@ shadows). Every stage checkpoints under ``<workdir>/ckpt``; a rerun with the sam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -30,12 +31,14 @@ from jaxmia import (
     io,
     metrics,
     models,
+    pretrained,
     pruning,
     reporting,
     sharding,
     training,
 )
 from jaxmia.attacks import label_only_text
+from jaxmia.data import wordnet
 from jaxmia.defenses import wemem
 from jaxmia.errors import UserError
 
@@ -83,6 +86,7 @@ class AuditConfig:
     sensitivity_epsilon: float = 1e-3
     sensitivity_noise: str = "auto"  # features.NOISE; auto: projected for the MLP, else fast
     label_only_examples: int = 500  # per split and model, for the label-only attacks
+    wordnet_dir: str = wordnet.DEBIAN_DIR  # WordNet 3.0's database files, for label_synonym
     blindmi_reference: int = 200  # generated non-members BlindMI compares against
     attack_epochs: int | None = None  # None: each classifier attack's own (paper) epochs
     shadow_pruning: str | None = None  # unknown pruning knowledge: shadows pruned otherwise
@@ -161,7 +165,7 @@ class AuditConfig:
         d = dataclasses.asdict(self.resolved())
         for k in ("data_dir", "workdir", "attacks", "attack_stages", "checkpoint_every",
                   "sensitivity_samples", "sensitivity_epsilon", "sensitivity_noise",
-                  "label_only_examples", "blindmi_reference", "attack_epochs",
+                  "label_only_examples", "wordnet_dir", "blindmi_reference", "attack_epochs",
                   "memorization_scores"):
             d.pop(k)
         if self.defense in wemem.KINDS and self.memorization_scores:
@@ -443,6 +447,12 @@ def expand_attacks(cfg: AuditConfig) -> tuple[str, ...]:
         raise UserError(f"label-only attack(s) {', '.join(label_only)} need an image or text "
                         f"dataset (they perturb images or edit token ids); {cfg.dataset} is "
                         "tabular")
+    text_only = [a for a in out if a in attacks.TEXT_ONLY]
+    if text_only and not text:
+        raise UserError(f"attack(s) {', '.join(text_only)} replace words of a text; "
+                        f"{cfg.dataset} is not a text dataset")
+    if text_only:
+        wordnet.synonyms(cfg.wordnet_dir)  # a missing or corrupt file: refused before training
     return tuple(dict.fromkeys(out))
 
 
@@ -536,11 +546,23 @@ def _reference_features(cfg, model, params, state, masks, x, source_rows):
     return jax.device_get(features.extract(logits, jnp.argmax(logits, -1)))
 
 
-def _label_only_features(cfg, model, params, state, masks, x, y, idx_lists):
+def _label_only_query(cfg):
+    """The label-only feature function of the dataset's kind (on text, only the features
+    asked for are queried, and WordNet is read only for label_synonym)."""
+    if not data.is_text(cfg.dataset):
+        return attacks.label_only.query_features
+    asked = tuple(a for a in cfg.attacks if a in attacks.LABEL_ONLY)
+    synonyms = None
+    if "label_synonym" in asked:
+        synonyms = label_only_text.synonym_table(pretrained.tokenizer(),
+                                                 wordnet.synonyms(cfg.wordnet_dir))
+    return functools.partial(label_only_text.query_features, features=asked,
+                             synonyms=synonyms)
+
+
+def _label_only_features(cfg, query, model, params, state, masks, x, y, idx_lists):
     """Label-only features of each model on (at most ``label_only_examples`` of) its rows."""
     rng = np.random.default_rng(cfg.seed)
-    query = (label_only_text.query_features if data.is_text(cfg.dataset)
-             else attacks.label_only.query_features)
     out = []
     for k, rows in enumerate(idx_lists):
         rows = np.asarray(rows)
@@ -588,8 +610,9 @@ def attack_stage(cfg, model, params, state, masks, model_splits, x, y, key,
     seconds = {"features": round(time.perf_counter() - t_start, 2)}
     if label_only:
         t0 = time.perf_counter()
-        lo_in = _label_only_features(cfg, model, params, state, masks, x, y, train_lists)
-        lo_out = _label_only_features(cfg, model, params, state, masks, x, y, test_lists)
+        query = _label_only_query(cfg)
+        lo_in = _label_only_features(cfg, query, model, params, state, masks, x, y, train_lists)
+        lo_out = _label_only_features(cfg, query, model, params, state, masks, x, y, test_lists)
         lo_shadow, lo_shadow_member = join(*(
             {k: np.concatenate([lo[m][k] for m in shadows]) for k in lo[0]}
             for lo in (lo_in, lo_out)))

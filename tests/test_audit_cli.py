@@ -11,7 +11,7 @@ import pytest
 
 from jaxmia import attacks, io
 from tests.conftest import ROOT, require_minilm
-from tests.toys import write_toy_sst2
+from tests.toys import write_toy_sst2, write_toy_wordnet
 
 SCRIPT = os.path.join(ROOT, "experiments", "audit.py")
 FAST = ["--epochs=3", "--num_shadows=2", "--patience=5", "--attack_epochs=2",
@@ -88,6 +88,9 @@ def test_audit_on_digits_end_to_end(tmp_path):
     (["--pruning=imp", "--imp_method=l1_structured"], "l1_structured removes conv filters"),
     (["--attacks=lira"], "unknown attack 'lira'"),
     (["--dataset=location", "--attacks=label_aug"], "need an image or text dataset"),
+    (["--attacks=label_synonym"], "label_synonym replace words of a text; digits is not a text"),
+    (["--dataset=sst2", "--attacks=loss,label_synonym", "--wordnet_dir=/nonexistent"],
+     "WordNet: data.noun is not in /nonexistent; install Debian's wordnet-base"),
     (["--attacks=samia", "--sensitivity_samples=0"], "need the sensitivity feature"),
     (["--shadow_pruning=magic"], "unknown --shadow_pruning 'magic'"),
     (["--defense=dp"], "needs exactly one of --noise_multiplier or --target_epsilon"),
@@ -163,14 +166,19 @@ def test_bad_input_one_line_nonzero_nothing_written(tmp_path, args, expect):
 def test_audit_on_text_end_to_end(tmp_path):
     """GLUE-format SST-2 files the test writes (the sentiment is one word), BERT-Tiny: every
     attack runs, the sensitivity attacks on noise in the word embeddings and the label-only ones
-    (asked for by name: 'all' leaves them out on text) on edits of the token ids."""
+    (asked for by name: 'all' leaves them out on text) on edits of the token ids, synonyms from
+    a WordNet the test writes included."""
     require_minilm()
     data_dir = write_toy_sst2(tmp_path / "data")
+    wordnet_dir = write_toy_wordnet(tmp_path / "wordnet", {
+        "noun": [["film", "movie", "motion_picture"], ["story", "narrative"]],
+        "adj": [["great", "outstanding", "bang-up"], ["awful", "dreadful", "terrible"]]})
     work = tmp_path / "run"
     r = _run(f"--workdir={work}", "--dataset=sst2", f"--data_dir={data_dir}",
              "--model=bert_tiny", "--pool_size=160", "--epochs=12", "--num_shadows=1",
              "--attack_epochs=2", "--blindmi_reference=40",
-             "--attacks=all,label_aug,label_noise,label_boundary", "--label_only_examples=20")
+             "--attacks=all,label_aug,label_noise,label_boundary,label_synonym",
+             "--label_only_examples=20", f"--wordnet_dir={wordnet_dir}")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((work / "results.json").read_text())
     assert res["dataset"] == "sst2" and res["model"] == "bert_tiny"
@@ -191,6 +199,16 @@ def test_audit_on_text_end_to_end(tmp_path):
     assert max(rows_used) < 160  # indices into the 160-row pool
     # The one word is easy: the models separate the classes within 12 epochs (by epoch 5 here).
     assert res["target_test_acc"] > 0.7, res["target_test_acc"]
+
+
+def test_corrupt_wordnet_is_refused_before_training(tmp_path):
+    folder = write_toy_wordnet(tmp_path / "wordnet", {"adj": [["great", "outstanding"]]})
+    with open(os.path.join(folder, "data.adj"), "a") as f:
+        f.write("00009999 00 a 01\n")
+    r = _run(f"--workdir={tmp_path / 'w'}", "--dataset=sst2", "--attacks=label_synonym",
+             f"--wordnet_dir={folder}")
+    assert r.returncode == 2 and "WordNet: data.adj line 4 is not a synset line" in r.stderr
+    assert not (tmp_path / "w").exists()
 
 
 def test_corrupt_data_file_is_one_line(tmp_path):

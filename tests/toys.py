@@ -21,9 +21,31 @@ def toy_features(n: int = 400, c: int = 4, seed: int = 1, gap: float = 6.0):
     ref = {k: np.asarray(v) for k, v in features.extract(
         jnp.asarray(ref_logits), jnp.asarray(ref_logits.argmax(-1))).items()}
     f["reference"] = ref
-    for name, scale in (("label_aug", 1.0), ("label_noise", 1.0), ("label_boundary", 3.0)):
+    for name, scale in (("label_aug", 1.0), ("label_noise", 1.0), ("label_boundary", 3.0),
+                        ("label_synonym", 1.0)):
         f[name] = scale * np.clip(np.where(member, 0.8, 0.4) + 0.2 * rng.normal(size=n), 0, 1)
     return f, member
+
+
+def write_toy_wordnet(folder, synsets: dict) -> str:
+    """WordNet database files (wndb(5): a license header, then one synset a line; the word count
+    in hex, a lex_id after each word, pointers and a gloss that the reader ignores) under
+    ``folder``, from ``{'noun' | 'verb' | 'adj' | 'adv': [[lemma, ...], ...]}``. Returns the
+    folder."""
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    types = {"noun": "n", "verb": "v", "adj": "a", "adv": "r"}
+    for pos, ss_type in types.items():
+        lines = ["  1 This software and database is being provided to you, the LICENSEE, by  ",
+                 "  2 Princeton University under the following license.  "]
+        for k, lemmas in enumerate(synsets.get(pos, [])):
+            words = " ".join(f"{w} 0" for w in lemmas)
+            lines.append(f"{1740 + 100 * k:08d} 00 {ss_type} {len(lemmas):02x} {words} 001 "
+                         f"= 05200169 n 0000 | a gloss; \"an example\"  ")
+        with open(os.path.join(folder, f"data.{pos}"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return str(folder)
 
 
 def toy_ensemble(num_models: int = 3):
