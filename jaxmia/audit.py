@@ -552,12 +552,15 @@ def _label_only_query(cfg):
     if not data.is_text(cfg.dataset):
         return attacks.label_only.query_features
     asked = tuple(a for a in cfg.attacks if a in attacks.LABEL_ONLY)
-    synonyms = None
-    if "label_synonym" in asked:
-        synonyms = label_only_text.synonym_table(pretrained.tokenizer(),
-                                                 wordnet.synonyms(cfg.wordnet_dir))
+    synonyms = _synonym_table(cfg.wordnet_dir) if "label_synonym" in asked else None
     return functools.partial(label_only_text.query_features, features=asked,
                              synonyms=synonyms)
+
+
+@functools.lru_cache(maxsize=1)
+def _synonym_table(wordnet_dir: str) -> label_only_text.SynonymTable:
+    """The tokenizer's synonym table, built once per run (not once per attack stage)."""
+    return label_only_text.synonym_table(pretrained.tokenizer(), wordnet.synonyms(wordnet_dir))
 
 
 def _label_only_features(cfg, query, model, params, state, masks, x, y, idx_lists):
